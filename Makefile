@@ -1,0 +1,50 @@
+# psvis: the two commands a new user needs are `make run` and `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+UV      = $(shell scripts/install-uv.sh)
+PY      = .venv/bin/python
+PROTOS  = $(shell find proto -name '*.proto')
+GEN_DIR = libs/psvis-kernel/src
+STAMP   = .venv/.psvis-synced
+
+.PHONY: help setup proto run test lint typecheck unit e2e distributed bench clean services-start services-stop
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' Makefile | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+
+$(STAMP): uv.lock pyproject.toml libs/psvis-kernel/pyproject.toml services/registry/pyproject.toml
+	@"$(UV)" sync --frozen --quiet
+	@touch $@
+
+setup: $(STAMP) proto ## virtual environment with the pinned dependencies, and generated code
+
+proto: $(STAMP) ## generate the protobuf and gRPC code from proto/
+	@$(PY) -m grpc_tools.protoc -Iproto --python_out=$(GEN_DIR) --pyi_out=$(GEN_DIR) \
+	  --grpc_python_out=$(GEN_DIR) $(PROTOS)
+
+run: setup ## start the whole platform embedded (SQLite, loopback, dev certificates)
+	@.venv/bin/psvis serve
+
+lint: setup ## ruff, buf lint and buf breaking against the committed contracts
+	@.venv/bin/ruff check .
+	@.venv/bin/ruff format --check .
+	@"$$(scripts/install-buf.sh)" lint
+	@scripts/buf-breaking.sh "$$(scripts/install-buf.sh)"
+
+typecheck: setup ## mypy --strict on the kernel and the services
+	@.venv/bin/mypy libs/psvis-kernel/src/psvis services/registry/src/psvis_registry
+
+unit: setup ## unit and embedded tests only (no Kafka, no MongoDB)
+	@$(PY) -m pytest -m "not distributed" -q
+
+test: setup lint typecheck ## everything: lint, types, unit, integration and e2e on both stacks
+	@scripts/services.sh start
+	@source .run/services/env && $(PY) -m pytest -q; rc=$$?; scripts/services.sh stop; exit $$rc
+
+bench: setup ## benchmarks, side by side with their baselines
+	@$(PY) bench/run_all.py
+
+clean: ## remove generated code, the venv and local state
+	@find $(GEN_DIR)/psvis -name '*_pb2*.py*' -delete
+	@rm -rf .venv .run

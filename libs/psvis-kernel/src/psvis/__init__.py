@@ -1,0 +1,1 @@
+"""psvis shared kernel: the vocabulary and the ports every service uses."""

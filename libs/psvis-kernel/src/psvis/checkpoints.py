@@ -1,0 +1,82 @@
+"""Signed checkpoints of the log: the port, its record and the embedded adapter."""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from typing import Protocol
+
+from psvis.common.v1 import envelope_pb2 as pb
+from psvis.sqlite_db import SqliteDatabase
+
+
+@dataclass(frozen=True)
+class CheckpointRecord:
+    """A signed checkpoint and the leaf hashes it adds since the previous one.
+
+    The leaves let `audit verify` name the exact offset where the stored log and the
+    notarised log part ways; they are themselves authenticated by the signed root.
+    """
+
+    log_id: str
+    tree_size: int
+    signed: bytes  # serialised SignedCheckpoint
+    leaves: bytes  # 32-byte leaf hashes of positions [previous tree_size, tree_size)
+    frontier: bytes  # the compact Merkle range at tree_size, to resume without re-reading
+
+    def checkpoint(self) -> pb.Checkpoint:
+        return pb.Checkpoint.FromString(pb.SignedCheckpoint.FromString(self.signed).checkpoint)
+
+
+class CheckpointStore(Protocol):
+    async def add(self, record: CheckpointRecord) -> None: ...
+
+    async def latest(self, log_id: str) -> CheckpointRecord | None: ...
+
+    async def all(self, log_id: str) -> list[CheckpointRecord]: ...
+
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS checkpoints (
+    log_id TEXT NOT NULL,
+    tree_size INTEGER NOT NULL,
+    signed BLOB NOT NULL,
+    leaves BLOB NOT NULL,
+    frontier BLOB NOT NULL,
+    PRIMARY KEY (log_id, tree_size)
+);
+"""
+
+
+class SqliteCheckpointStore:
+    def __init__(self, db: SqliteDatabase) -> None:
+        self._db = db
+        db.run_sync(lambda c: c.executescript(SCHEMA))
+
+    async def add(self, record: CheckpointRecord) -> None:
+        def work(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT OR IGNORE INTO checkpoints VALUES (?, ?, ?, ?, ?)",
+                (record.log_id, record.tree_size, record.signed, record.leaves, record.frontier),
+            )
+
+        await self._db.run(work)
+
+    async def latest(self, log_id: str) -> CheckpointRecord | None:
+        rows = await self._select(log_id, "ORDER BY tree_size DESC LIMIT 1")
+        return rows[0] if rows else None
+
+    async def all(self, log_id: str) -> list[CheckpointRecord]:
+        return await self._select(log_id, "ORDER BY tree_size")
+
+    async def _select(self, log_id: str, tail: str) -> list[CheckpointRecord]:
+        rows = await self._db.run(
+            lambda c: c.execute(
+                "SELECT log_id, tree_size, signed, leaves, frontier FROM checkpoints"
+                f" WHERE log_id = ? {tail}",
+                (log_id,),
+            ).fetchall()
+        )
+        return [
+            CheckpointRecord(r[0], int(r[1]), bytes(r[2]), bytes(r[3]), bytes(r[4])) for r in rows
+        ]

@@ -1,0 +1,63 @@
+"""The event store port: streams with optimistic concurrency over one ordered log."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from psvis.envelope import NewEvent, RecordedEvent
+
+
+@dataclass(frozen=True)
+class StreamHead:
+    version: int
+    hash: bytes
+
+
+class EventStore(Protocol):
+    """Every adapter keeps these promises; tests/contract proves it for each one.
+
+    - append is atomic: all events land, or none, and only if the stream is at
+      expected_version (ConcurrencyConflict otherwise). Versions start at 1, with no gaps.
+    - each event carries the hash of its predecessor in the stream (prev_hash).
+    - read_log yields every appended event exactly once, in log order, by position.
+    """
+
+    log_id: str
+
+    async def append(
+        self, stream_id: str, expected_version: int, events: Sequence[NewEvent]
+    ) -> list[RecordedEvent]: ...
+
+    async def read_stream(self, stream_id: str) -> list[RecordedEvent]: ...
+
+    async def head(self, stream_id: str) -> StreamHead: ...
+
+    async def read_page(self, after: int, limit: int) -> list[RecordedEvent]:
+        """Up to `limit` events after position `after` (-1: from the start), in log order."""
+        ...
+
+    async def wait_for_append(self, timeout: float) -> None:
+        """Return when something may have been appended, or after `timeout` seconds."""
+        ...
+
+    async def log_size(self) -> int: ...
+
+    async def close(self) -> None: ...
+
+
+async def read_log(
+    store: EventStore, after: int = -1, *, follow: bool = False, page: int = 2000
+) -> AsyncIterator[RecordedEvent]:
+    """Every event after `after`, in order; with follow=True, waits for more for ever."""
+    while True:
+        events = await store.read_page(after, page)
+        for event in events:
+            yield event
+        if events:
+            after = events[-1].position
+        elif follow:
+            await store.wait_for_append(0.5)
+        else:
+            return

@@ -1,0 +1,146 @@
+"""gRPC servers: mutual TLS, health, reflection, callers from certificates, one error mapping."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import grpc
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from psvis import errors
+
+log = logging.getLogger(__name__)
+
+STATUS = [
+    (errors.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+    (errors.NotFound, grpc.StatusCode.NOT_FOUND),
+    (errors.AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
+    (errors.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
+    (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (errors.ConcurrencyConflict, grpc.StatusCode.ABORTED),
+    (errors.RuleRefusal, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
+]
+
+
+def status_of(error: errors.PsvisError) -> grpc.StatusCode:
+    for kind, code in STATUS:
+        if isinstance(error, kind):
+            return code
+    return grpc.StatusCode.UNKNOWN
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who calls: the agency and role named by the client certificate."""
+
+    agency: str
+    role: str
+
+
+@lru_cache(maxsize=1024)
+def _caller_from_pem(pem: bytes) -> Caller:
+    cert = x509.load_pem_x509_certificate(pem)
+    cn = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    ou = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
+    if not cn or not ou:
+        raise errors.Unauthenticated("client certificate names no agency (CN) or role (OU)")
+    return Caller(agency=str(cn[0].value), role=str(ou[0].value))
+
+
+def caller_of(context: grpc.aio.ServicerContext) -> Caller:
+    pems = context.auth_context().get("x509_pem_cert")
+    if not pems:
+        raise errors.Unauthenticated("a client certificate is required (mutual TLS)")
+    return _caller_from_pem(pems[0])
+
+
+class ErrorMapping(grpc.aio.ServerInterceptor):
+    """Domain errors become gRPC status + human message; anything else is logged, never leaked."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        inner = handler.unary_unary
+        method = details.method
+
+        async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                return await inner(request, context)
+            except errors.PsvisError as e:
+                await context.abort(status_of(e), str(e))
+            except grpc.aio.AbortError:
+                raise
+            except Exception:
+                log.exception("internal error in %s", method)
+                await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+
+        return grpc.unary_unary_rpc_method_handler(
+            guarded,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+def server_credentials(pki: Path) -> grpc.ServerCredentials:
+    return grpc.ssl_server_credentials(
+        [((pki / "server.key").read_bytes(), (pki / "server.crt").read_bytes())],
+        root_certificates=(pki / "ca.crt").read_bytes(),
+        require_client_auth=True,
+    )
+
+
+def channel_credentials(ca: Path, cert: Path, key: Path) -> grpc.ChannelCredentials:
+    return grpc.ssl_channel_credentials(
+        root_certificates=ca.read_bytes(),
+        private_key=key.read_bytes(),
+        certificate_chain=cert.read_bytes(),
+    )
+
+
+@dataclass(frozen=True)
+class ServiceBinding:
+    """A servicer, the generated function that adds it, and its full service name."""
+
+    servicer: object
+    add: Callable[[Any, grpc.aio.Server], None]
+    name: str
+
+
+def create_server(
+    bind: str,
+    credentials: grpc.ServerCredentials | None,
+    services: Sequence[ServiceBinding],
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+) -> tuple[grpc.aio.Server, int, health.HealthServicer]:
+    """Build (not start) a server; returns it with its bound port and health servicer."""
+    server = grpc.aio.server(interceptors=[*interceptors, ErrorMapping()])
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for service in services:
+        service.add(service.servicer, server)
+    names = [s.name for s in services]
+    reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    if credentials is None:
+        port = server.add_insecure_port(bind)
+    else:
+        port = server.add_secure_port(bind, credentials)
+    return server, port, health_servicer
+
+
+async def mark_serving(health_servicer: health.HealthServicer, names: Sequence[str]) -> None:
+    for name in ["", *names]:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -1,0 +1,130 @@
+"""The notary: follows one log partition and signs its Merkle root at a bounded interval."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from psvis.checkpoints import CheckpointRecord, CheckpointStore
+from psvis.clock import Clock
+from psvis.common.v1 import envelope_pb2 as pb
+from psvis.envelope import timestamp
+from psvis.eventstore.port import EventStore, read_log
+from psvis.merkle import MerkleTree, decode_frontier, encode_frontier
+from psvis.signing import Signer
+
+log = logging.getLogger(__name__)
+
+
+def sign_checkpoint(signer: Signer, log_id: str, tree: MerkleTree, clock: Clock) -> bytes:
+    checkpoint = pb.Checkpoint(
+        log_id=log_id,
+        tree_size=tree.size,
+        root_hash=tree.root(),
+        signed_at=timestamp(clock.now()),
+        key_id=signer.key_id,
+    ).SerializeToString(deterministic=True)
+    signed = pb.SignedCheckpoint(checkpoint=checkpoint, signature=signer.sign(checkpoint))
+    return signed.SerializeToString(deterministic=True)
+
+
+class Notary:
+    """AUD-1: a checkpoint every `every` events, and at most `interval` seconds after an event."""
+
+    def __init__(
+        self,
+        store: EventStore,
+        checkpoints: CheckpointStore,
+        signer: Signer,
+        clock: Clock,
+        *,
+        every: int = 1000,
+        interval: float = 2.0,
+    ) -> None:
+        self._store = store
+        self._checkpoints = checkpoints
+        self._signer = signer
+        self._clock = clock
+        self._every = every
+        self._interval = interval
+        self._tree = MerkleTree()
+        self._pending: list[bytes] = []
+        self._loaded = False
+
+    @property
+    def tree_size(self) -> int:
+        return self._tree.size
+
+    async def _load(self) -> None:
+        if self._loaded:
+            return
+        latest = await self._checkpoints.latest(self._store.log_id)
+        if latest is not None:
+            self._tree = decode_frontier(latest.frontier)
+            if self._tree.root() != latest.checkpoint().root_hash:
+                raise RuntimeError("stored notary frontier does not match its signed root")
+        self._loaded = True
+
+    async def catch_up(self) -> int:
+        """Notarise everything in the log now; returns the signed tree size."""
+        await self._load()
+        async for event in read_log(self._store, after=self._tree.size - 1):
+            self._add(event.hash)
+            if len(self._pending) >= self._every:
+                await self._checkpoint()
+        if self._pending:
+            await self._checkpoint()
+        return self._tree.size
+
+    async def run(self) -> None:
+        """Follow the log for ever (the caller holds the leader lock)."""
+        await self._load()
+        follower = self._follow()
+        try:
+            await follower
+        finally:
+            if self._pending:
+                await self._checkpoint()
+
+    async def _follow(self) -> None:
+        queue: asyncio.Queue[bytes] = asyncio.Queue()
+
+        async def feed() -> None:
+            async for event in read_log(self._store, after=self._tree.size - 1, follow=True):
+                await queue.put(event.hash)
+
+        feeder = asyncio.create_task(feed())
+        loop = asyncio.get_running_loop()
+        due = float("inf")  # when the oldest unsigned event must be signed by
+        try:
+            while True:
+                try:
+                    timeout = max(0.0, due - loop.time()) if self._pending else None
+                    leaf = await asyncio.wait_for(queue.get(), timeout=timeout)
+                except TimeoutError:
+                    await self._checkpoint()
+                    continue
+                if not self._pending:
+                    due = loop.time() + self._interval
+                self._add(leaf)
+                if len(self._pending) >= self._every or loop.time() >= due:
+                    await self._checkpoint()
+        finally:
+            feeder.cancel()
+
+    def _add(self, leaf: bytes) -> None:
+        self._tree.append(leaf)
+        self._pending.append(leaf)
+
+    async def _checkpoint(self) -> None:
+        signed = sign_checkpoint(self._signer, self._store.log_id, self._tree, self._clock)
+        record = CheckpointRecord(
+            log_id=self._store.log_id,
+            tree_size=self._tree.size,
+            signed=signed,
+            leaves=b"".join(self._pending),
+            frontier=encode_frontier(self._tree),
+        )
+        await self._checkpoints.add(record)
+        self._pending = []
+        log.debug("checkpoint %s at %d", record.log_id, record.tree_size)

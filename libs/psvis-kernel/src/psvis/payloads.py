@@ -1,0 +1,17 @@
+"""Decode an envelope's payload into its protobuf message class by type name."""
+
+from __future__ import annotations
+
+from google.protobuf import descriptor_pool, message_factory
+from google.protobuf.message import Message
+
+from psvis.common.v1 import envelope_pb2 as pb
+
+
+def message_class(type_name: str) -> type[Message]:
+    descriptor = descriptor_pool.Default().FindMessageTypeByName(type_name)
+    return message_factory.GetMessageClass(descriptor)
+
+
+def decode_payload(env: pb.EventEnvelope) -> Message:
+    return message_class(env.type).FromString(env.payload)

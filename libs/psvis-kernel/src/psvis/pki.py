@@ -1,0 +1,119 @@
+"""Development certificates for mutual TLS: a local CA, the server and one client per agency.
+
+The certificate names the agency (CN) and its role (OU); production deployments bring
+their own CA and issue the same kind of certificates.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+DEV_CLIENTS = {
+    "dev-unit": "management_unit",
+    "dev-unit-2": "management_unit",
+    "dev-police": "police",
+    "dev-auditor": "auditor",
+}
+
+
+@dataclass(frozen=True)
+class Identity:
+    cert: Path
+    key: Path
+
+
+def _name(cn: str, ou: str) -> x509.Name:
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "psvis"),
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, ou),
+            x509.NameAttribute(NameOID.COMMON_NAME, cn),
+        ]
+    )
+
+
+def _write(folder: Path, stem: str, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate) -> Identity:
+    key_path, cert_path = folder / f"{stem}.key", folder / f"{stem}.crt"
+    key_path.touch(mode=0o600)
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return Identity(cert_path, key_path)
+
+
+def _issue(
+    subject: x509.Name,
+    key: ec.EllipticCurvePrivateKey,
+    issuer: x509.Name,
+    issuer_key: ec.EllipticCurvePrivateKey,
+    *,
+    ca: bool = False,
+    hosts: tuple[str, ...] = (),
+) -> x509.Certificate:
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=825))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if hosts:
+        names: list[x509.GeneralName] = []
+        for host in hosts:
+            try:
+                names.append(x509.IPAddress(ipaddress.ip_address(host)))
+            except ValueError:
+                names.append(x509.DNSName(host))
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def ensure_dev_pki(folder: Path, hosts: tuple[str, ...] = ("localhost", "127.0.0.1")) -> Path:
+    """Create the CA, server and dev client certificates once; later calls reuse them."""
+    if (folder / "ca.crt").exists():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = _name("psvis development CA", "ca")
+    _write(folder, "ca", ca_key, _issue(ca_name, ca_key, ca_name, ca_key, ca=True))
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    server = _issue(_name("psvis-server", "platform"), server_key, ca_name, ca_key, hosts=hosts)
+    _write(folder, "server", server_key, server)
+    for agency, role in DEV_CLIENTS.items():
+        issue_client(folder, agency, role, ca_key=ca_key)
+    return folder
+
+
+def issue_client(
+    folder: Path, agency: str, role: str, *, ca_key: ec.EllipticCurvePrivateKey | None = None
+) -> Identity:
+    """A client certificate for an agency acting in a role, signed by the folder's CA."""
+    if ca_key is None:
+        loaded = serialization.load_pem_private_key((folder / "ca.key").read_bytes(), None)
+        assert isinstance(loaded, ec.EllipticCurvePrivateKey)
+        ca_key = loaded
+    ca_cert = x509.load_pem_x509_certificate((folder / "ca.crt").read_bytes())
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = _issue(_name(agency, role), key, ca_cert.subject, ca_key)
+    return _write(folder, agency, key, cert)
+
+
+def identity(folder: Path, name: str) -> Identity:
+    return Identity(folder / f"{name}.crt", folder / f"{name}.key")

@@ -1,0 +1,65 @@
+"""Read models: JSON documents per collection, each stamped with the stream version it reflects."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+Document = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Write:
+    key: str
+    doc: Document
+    version: int
+    expected: int
+
+
+class ReadStore(Protocol):
+    """Every adapter keeps these promises; tests/contract proves it for each one.
+
+    - put(coll, key, doc, version, expected) and put_many writes only if the stored document is at
+      `expected` (0: absent), so a consumer that sees an event twice applies it once.
+    - documents come back exactly as written (JSON types), listed in key order.
+    """
+
+    async def get(self, collection: str, key: str) -> tuple[Document, int] | None: ...
+
+    async def put(
+        self, collection: str, key: str, doc: Document, version: int, expected: int
+    ) -> bool: ...
+
+    async def get_many(
+        self, collection: str, keys: Sequence[str]
+    ) -> dict[str, tuple[Document, int]]: ...
+
+    async def put_many(self, collection: str, writes: Sequence[Write]) -> int:
+        """Each write as put(); returns how many took effect."""
+        ...
+
+    async def list(self, collection: str) -> list[tuple[str, Document]]: ...
+
+    async def get_position(self, projection: str) -> int: ...
+
+    async def set_position(self, projection: str, position: int) -> None: ...
+
+    async def drop_all(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+def canonical_json(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+async def canonical_digest(store: ReadStore, collections: Iterable[str]) -> str:
+    """A stable digest of read models: equal digests mean equal documents (invariant 4)."""
+    h = hashlib.sha256()
+    for coll in sorted(collections):
+        for key, doc in await store.list(coll):
+            h.update(canonical_json([coll, key, doc]))
+    return h.hexdigest()

@@ -1,0 +1,131 @@
+"""Run the platform: every discovered service in one process (embedded) or one per pod."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from opentelemetry.instrumentation.grpc import aio_server_interceptor
+
+from psvis.clock import Clock, SystemClock
+from psvis.grpc_server import create_server, mark_serving, server_credentials
+from psvis.notary import Notary
+from psvis.pki import ensure_dev_pki
+from psvis.platform import Platform, ServiceModule, discover_services
+from psvis.projection import ProjectionRunner
+from psvis.rulepack import RulePackError, check_requirements, find_pack, load_pack
+from psvis.settings import Settings
+from psvis.signing import Signer
+from psvis.stores import Stores, open_stores
+from psvis.telemetry import setup_tracing
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunningPlatform:
+    server: grpc.aio.Server
+    port: int
+    stores: Stores
+    notary: Notary
+    projections: ProjectionRunner
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _lock_file: object | None = None
+
+    async def stop(self, grace: float = 2.0) -> None:
+        await self.server.stop(grace)
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.notary.catch_up()
+        await self.stores.close()
+
+
+def _leader_lock(settings: Settings) -> object:
+    """Embedded: one process per data directory runs the singletons (notary, projections)."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    handle = (settings.data_dir / "leader.lock").open("w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise RuntimeError(f"another psvis server already runs on {settings.data_dir}") from None
+    return handle
+
+
+async def start_platform(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    services: list[ServiceModule] | None = None,
+) -> RunningPlatform:
+    clock = clock or SystemClock()
+    services = services if services is not None else discover_services()
+    pack = load_pack(find_pack(settings.city, settings.rules_dirs))
+    problems = [p for s in services for p in check_requirements(pack, list(s.needs))]
+    if problems:
+        raise RulePackError("; ".join(problems))
+    lock = _leader_lock(settings) if settings.backend == "embedded" else None
+    stores = await open_stores(settings, clock)
+    runner = ProjectionRunner(
+        f"{settings.namespace}.read-models",
+        stores.events,
+        stores.reads,
+        [p for s in services for p in s.projections],
+    )
+    platform = Platform(stores.events, stores.reads, runner, pack, clock)
+    ensure_dev_pki(settings.pki_dir)
+    signer = Signer.load_or_create(settings.notary_key)
+    notary = Notary(
+        stores.events, stores.checkpoints, signer, clock,
+        every=settings.notary_every, interval=settings.notary_interval,
+    )  # fmt: skip
+    bindings = [s.bind(platform) for s in services]
+    server, port, health = create_server(
+        settings.listen, server_credentials(settings.pki_dir), bindings, [aio_server_interceptor()]
+    )
+    await runner.catch_up()
+    background: list[Callable[[], Awaitable[None]]] = [runner.run, notary.run, *stores.background]
+    tasks = [asyncio.create_task(_supervised(work)) for work in background]
+    await server.start()
+    await mark_serving(health, [b.name for b in bindings])
+    return RunningPlatform(server, port, stores, notary, runner, tasks, lock)
+
+
+async def _supervised(work: Callable[[], Awaitable[None]]) -> None:
+    """Keep a singleton loop alive: log a crash and start it again."""
+    while True:
+        try:
+            await work()
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("background task %s failed; restarting in 1 s", getattr(work, "__qualname__", work))
+            await asyncio.sleep(1)
+
+
+async def serve(settings: Settings, ready: Callable[[RunningPlatform], None] | None = None) -> None:
+    setup_tracing("psvis")
+    running = await start_platform(settings)
+    if ready is not None:
+        ready(running)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await running.stop()
+
+
+def data_path(settings: Settings) -> Path:
+    return settings.data_dir.resolve()

@@ -1,0 +1,43 @@
+"""Open the stores of a deployment: embedded (SQLite) or distributed (MongoDB + Kafka)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from psvis.checkpoints import CheckpointStore, SqliteCheckpointStore
+from psvis.clock import Clock, RandomIds, SystemClock
+from psvis.eventstore.port import EventStore
+from psvis.eventstore.sqlite import SqliteEventStore
+from psvis.readstore.port import ReadStore
+from psvis.readstore.sqlite import SqliteReadStore
+from psvis.settings import Settings
+from psvis.sqlite_db import SqliteDatabase
+
+
+@dataclass
+class Stores:
+    events: EventStore
+    reads: ReadStore
+    checkpoints: CheckpointStore
+    close: Callable[[], Awaitable[None]]
+    # Background work the backend needs while it serves (e.g. the outbox relay).
+    background: list[Callable[[], Awaitable[None]]]
+
+
+async def open_stores(settings: Settings, clock: Clock | None = None) -> Stores:
+    clock = clock or SystemClock()
+    if settings.backend == "embedded":
+        db = SqliteDatabase(settings.sqlite_path)
+        return Stores(
+            events=SqliteEventStore(db, clock, RandomIds()),
+            reads=SqliteReadStore(db),
+            checkpoints=SqliteCheckpointStore(db),
+            close=db.close,
+            background=[],
+        )
+    if settings.backend == "distributed":
+        from psvis.distributed import open_distributed_stores
+
+        return await open_distributed_stores(settings, clock)
+    raise ValueError(f"unknown backend {settings.backend!r}: embedded or distributed")

@@ -1,0 +1,90 @@
+"""The video system aggregate: its state from events, and what each command decides. Pure."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from google.protobuf.message import Message
+
+from psvis.decision import Aggregate, Refused
+from psvis.errors import AlreadyExists, InvalidArgument, NotFound
+from psvis.registry.v1 import registry_pb2 as reg
+
+# REG-5: planned -> design reviewed -> built -> accepted -> in use -> relocated / removed;
+# a failed acceptance goes through rectification to a new acceptance.
+PLANNED, REVIEWED, REJECTED = "planned", "design_reviewed", "design_rejected"
+BUILT, ACCEPTED, RECTIFICATION, RECTIFIED = "built", "accepted", "rectification", "rectified"
+IN_USE, REMOVED = "in_use", "removed"
+ACCEPTANCE_READY = frozenset({BUILT, RECTIFIED})
+
+
+@dataclass
+class SystemState:
+    system_id: str
+    version: int = 0
+    registered: bool = False
+    state: str = ""
+    managing_unit: str = ""
+    site_category: str = ""
+    cameras: set[str] = field(default_factory=set)
+
+    def require_registered(self) -> None:
+        if not self.registered:
+            raise NotFound(f"no video system {self.system_id!r} is registered")
+
+    def require_not_removed(self, command: str) -> None:
+        self.require_registered()
+        if self.state == REMOVED:
+            raise InvalidArgument(f"system {self.system_id} was removed; {command} does not apply")
+
+    def require_camera(self, camera_id: str) -> None:
+        if camera_id not in self.cameras:
+            raise InvalidArgument(f"system {self.system_id} has no camera {camera_id!r}")
+
+
+def new_registration_check(state: SystemState) -> None:
+    if state.registered:
+        raise AlreadyExists(f"video system {state.system_id} is already registered")
+
+
+def evolve(state: SystemState, event: Message) -> None:
+    """Apply one event to the state; refusals change nothing but the version."""
+    state.version += 1
+    match event:
+        case reg.SystemRegistered():
+            state.registered = True
+            state.state = PLANNED
+            state.managing_unit = event.managing_unit
+            state.site_category = event.site.category
+            state.cameras = {c.camera_id for c in event.cameras}
+        case reg.DesignReviewed():
+            state.state = REVIEWED if event.passed else REJECTED
+        case reg.ConstructionCompleted():
+            state.state = BUILT
+        case reg.AcceptanceRecorded():
+            state.state = ACCEPTED if event.passed else RECTIFICATION
+        case reg.RectificationCompleted():
+            state.state = RECTIFIED
+        case reg.SystemPutIntoUse():
+            state.state = IN_USE
+        case reg.SystemRelocated():
+            state.site_category = event.new_site.category
+        case reg.SystemRemoved():
+            state.state = REMOVED
+        case _:
+            pass
+
+
+def refusal_event(refused: Refused) -> Message:
+    return reg.CommandRefused(command=refused.command, summary=refused.citation.reason)
+
+
+SYSTEM = Aggregate[SystemState](new=lambda sid: SystemState(sid.removeprefix("system-")), evolve=evolve, refusal_event=refusal_event)
+
+
+def system_stream(system_id: str) -> str:
+    return f"system-{system_id}"
+
+
+def site_stream(site_id: str) -> str:
+    return f"site-{site_id}"

@@ -1,0 +1,123 @@
+"""Compliance findings of the registry, evaluated at a date from read models alone (AUD-4)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import date, timedelta
+
+from psvis.readstore.port import Document
+from psvis.registry.v1 import registry_pb2 as reg
+from psvis.rulepack import RulePack
+from psvis_registry import domain
+from psvis_registry.projections import view_of
+from psvis_registry.rules import mandatory_categories
+
+
+def _d(value: str) -> date | None:
+    return date.fromisoformat(value) if value else None
+
+
+def finding(rule_id: str, pack: RulePack, subject: str, since: date, status: str, detail: str) -> reg.Finding:
+    rule = pack.rule(rule_id)
+    return reg.Finding(
+        spec=rule.spec, rule=rule.id, article=rule.article, subject=subject,
+        since=since.isoformat(), status=status, detail=detail,
+    )  # fmt: skip
+
+
+def filing_findings(doc: Document, pack: RulePack, as_of: date) -> Iterator[reg.Finding]:
+    """REG-1: a system not filed within the city's deadline."""
+    view = view_of(doc)
+    subject, filed = f"system-{view.system_id}", _d(view.filed_on)
+    rule = pack.rule("filing.new_system")
+    start = _d({"accepted": view.accepted_on, "in_use": view.in_use_on}.get(rule.param("trigger", ""), ""))
+    if not rule.silent and start is not None and (pack.in_force is None or start >= pack.in_force):
+        due = start + timedelta(days=int(rule.param("within_days", 0)))
+        yield from _deadline("filing.new_system", pack, subject, due, filed, as_of)
+    pre = pack.rule("filing.pre_existing")
+    built = _d(doc.get("built_on", ""))
+    if not pre.silent and doc.get("pre_existing") and built and built < pre.param("built_before"):
+        yield from _deadline("filing.pre_existing", pack, subject, pre.param("due_by"), filed, as_of)
+
+
+def _deadline(
+    rule_id: str, pack: RulePack, subject: str, due: date, done: date | None, as_of: date
+) -> Iterator[reg.Finding]:
+    late_since = due + timedelta(days=1)
+    if done is not None and done <= due or as_of <= due:
+        return
+    if done is not None and done <= as_of:
+        yield finding(rule_id, pack, subject, late_since, "resolved", f"filed late on {done}, due {due}")
+    else:
+        yield finding(rule_id, pack, subject, late_since, "open", f"not filed; due {due}")
+
+
+def system_findings(doc: Document, pack: RulePack, as_of: date) -> Iterator[reg.Finding]:
+    view = view_of(doc)
+    if not view.system_id or view.state == domain.REMOVED:
+        return
+    yield from filing_findings(doc, pack, as_of)
+    in_use = _d(view.in_use_on)
+    if view.state != domain.IN_USE or in_use is None or in_use > as_of:
+        return
+    subject = f"system-{view.system_id}"
+    archives = pack.rule("archives")  # REG-7
+    have = {a.kind for a in view.archives if _d(a.attached_on) and _d(a.attached_on) <= as_of}  # type: ignore[operator]
+    missing = [k for k in archives.param("required_kinds", []) if k not in have]
+    if missing and not archives.silent:
+        yield finding("archives", pack, subject, in_use, "open", f"no archive of: {', '.join(missing)}")
+    signage = pack.rule("signage")  # REG-8
+    unsigned = sorted({c.camera_id for c in view.cameras} - set(view.signed_camera_ids))
+    if signage.param("required", False) and unsigned:
+        yield finding("signage", pack, subject, in_use, "open", f"no sign at: {', '.join(unsigned)}")
+    personnel = pack.rule("personnel")  # REG-9
+    for person in view.personnel:
+        if personnel.param("training_required", False) and not person.trained_on:
+            detail = f"{person.person_id} has no recorded training"
+            yield finding("personnel", pack, subject, in_use, "open", detail)
+        if personnel.param("file_with_police", False) and not person.filed_with_police_on:
+            detail = f"{person.person_id} is not filed with the police"
+            yield finding("personnel", pack, subject, in_use, "open", detail)
+    yield from inspection_findings(view, pack, subject, as_of)
+
+
+def inspection_findings(
+    view: reg.SystemView, pack: RulePack, subject: str, as_of: date
+) -> Iterator[reg.Finding]:
+    """REG-12: the latest inspection's order to rectify stays open until one passes."""
+    done = [i for i in view.inspections if date.fromisoformat(i.inspected_on) <= as_of]
+    if not done or pack.rule("inspections").silent:
+        return
+    latest = max(done, key=lambda i: (i.inspected_on, i.inspection_id))
+    if latest.outcome != "passed":
+        since = date.fromisoformat(latest.inspected_on)
+        detail = f"inspection {latest.inspection_id}: {latest.outcome}; {latest.notes}".strip("; ")
+        yield finding("inspections", pack, subject, since, "open", detail)
+
+
+def site_findings(
+    sites: list[Document], systems: list[Document], pack: RulePack, as_of: date
+) -> Iterator[reg.Finding]:
+    """REG-3: a site of a mandatory category without a system in use there."""
+    categories = mandatory_categories(pack)
+    served = set()
+    for doc in systems:
+        view = view_of(doc)
+        if view.state == domain.IN_USE and _d(view.in_use_on) and _d(view.in_use_on) <= as_of:  # type: ignore[operator]
+            served.add(view.site.site_id)
+    for doc in sites:
+        site, declared = doc["site"], date.fromisoformat(doc["declared_on"])
+        if declared > as_of or site["site_id"] in served:
+            continue
+        f = finding("sites.mandatory", pack, f"site-{site['site_id']}", declared, "open",
+                    f"{site['category']} at {site.get('address', '')} has no system in use")  # fmt: skip
+        f.article = categories.get(site["category"], f.article)
+        yield f
+
+
+def all_findings(
+    systems: list[Document], sites: list[Document], pack: RulePack, as_of: date
+) -> list[reg.Finding]:
+    found = [f for doc in systems for f in system_findings(doc, pack, as_of)]
+    found += site_findings(sites, systems, pack, as_of)
+    return sorted(found, key=lambda f: (f.spec, f.subject, f.rule, f.since, f.detail))

@@ -1,0 +1,97 @@
+"""Registry application layer: authorise, load, decide, append (REG-1..12)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import date
+
+from google.protobuf.message import Message
+
+from psvis.decision import Decision, execute
+from psvis.envelope import Actor, NewEvent, RecordedEvent
+from psvis.errors import AlreadyExists, ConcurrencyConflict, PermissionDenied, RuleRefusal
+from psvis.grpc_server import Caller
+from psvis.platform import Platform
+from psvis.registry.v1 import registry_pb2 as reg
+from psvis.rulepack import RulePack
+from psvis_registry import rules
+from psvis_registry.domain import SYSTEM, SystemState, site_stream, system_stream
+from psvis_registry.findings import all_findings
+from psvis_registry.projections import SITES, SYSTEMS
+
+UNIT, POLICE = "management_unit", "police"
+
+Decide = Callable[[SystemState, Message, RulePack], Decision]
+
+
+class Registry:
+    def __init__(self, platform: Platform, trace: Callable[[], dict[str, str]] = dict) -> None:
+        self._p = platform
+        self._trace = trace
+
+    async def register(self, caller: Caller, system: reg.SystemRegistered) -> RecordedEvent:
+        rules.register_precheck(system)
+        if caller.role == UNIT and system.managing_unit != caller.agency:
+            raise PermissionDenied(
+                f"{caller.agency} may register only its own systems, not {system.managing_unit}'s"
+            )
+
+        def decide(state: SystemState) -> Decision:
+            if state.registered:
+                raise AlreadyExists(f"video system {state.system_id} is already registered")
+            return rules.register(state, system, self._p.pack)
+
+        return await self._run(caller, system.system_id, decide, 0)
+
+    async def command(
+        self, caller: Caller, system_id: str, expected: int, decide: Decide, payload: Message
+    ) -> RecordedEvent:
+        def decided(state: SystemState) -> Decision:
+            state.require_registered()
+            if caller.role == UNIT and state.managing_unit != caller.agency:
+                raise PermissionDenied(f"system {system_id} is not managed by {caller.agency}")
+            return decide(state, payload, self._p.pack)
+
+        return await self._run(caller, system_id, decided, expected)
+
+    async def _run(
+        self, caller: Caller, system_id: str, decide: Callable[[SystemState], Decision], expected: int
+    ) -> RecordedEvent:
+        try:
+            recorded = await execute(
+                self._p.events,
+                SYSTEM,
+                system_stream(system_id),
+                decide,
+                actor=Actor(agency=caller.agency, role=caller.role),
+                occurred_at=self._p.clock.now(),
+                expected_version=expected,
+                trace=self._trace(),
+            )
+        except RuleRefusal as refusal:  # recorded too: let readers see it before the caller does
+            await self._p.projections.wait_for_stream(refusal.stream_id, refusal.version)
+            raise
+        await self._p.projections.wait_for_stream(recorded.stream_id, recorded.version)
+        return recorded
+
+    async def declare_site(self, caller: Caller, cmd: reg.MandatorySiteDeclared) -> RecordedEvent:
+        rules.declare_site(cmd, self._p.pack)
+        stream = site_stream(cmd.site.site_id)
+        event = NewEvent(cmd, self._p.clock.now(), Actor(caller.agency, role=caller.role))
+        try:
+            (recorded,) = await self._p.events.append(stream, 0, [event])
+        except ConcurrencyConflict:
+            raise AlreadyExists(f"site {cmd.site.site_id} is already declared") from None
+        await self._p.projections.wait_for_stream(stream, 1)
+        return recorded
+
+    async def system_doc(self, system_id: str) -> dict[str, object] | None:
+        found = await self._p.reads.get(SYSTEMS, system_id)
+        return None if found is None or not found[0].get("view") else found[0]
+
+    async def system_docs(self) -> list[dict[str, object]]:
+        return [doc for _, doc in await self._p.reads.list(SYSTEMS) if doc.get("view")]
+
+    async def findings(self, as_of: date) -> list[reg.Finding]:
+        sites = [doc for _, doc in await self._p.reads.list(SITES)]
+        return all_findings(await self.system_docs(), sites, self._p.pack, as_of)

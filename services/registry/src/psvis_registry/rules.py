@@ -1,0 +1,311 @@
+"""The REG checks of a city's rule pack: each decision validates, then cites its article."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from psvis import validate as v
+from psvis.decision import Accepted, Decision, Refused
+from psvis.errors import InvalidArgument
+from psvis.registry.v1 import registry_pb2 as reg
+from psvis.rulepack import ParamSpec, RulePack
+from psvis_registry.domain import (
+    ACCEPTANCE_READY,
+    ACCEPTED,
+    PLANNED,
+    RECTIFICATION,
+    REJECTED,
+    REVIEWED,
+    SystemState,
+)
+
+PLACES = frozenset(
+    {
+        # REG-4 codes a pack may forbid
+        "hotel_room", "dormitory", "apartment_room", "public_bath", "changing_room",
+        "dressing_room", "toilet", "nursing_room", "financial_client_info_area", "ballot_box",
+        "voting_point", "report_box", "other_private_place",
+        # ordinary public places
+        "street", "road", "intersection", "entrance", "lobby", "corridor", "parking",
+        "square", "platform", "hall", "perimeter", "public_area", "other",
+    }
+)  # fmt: skip
+CHANGE_ATTRIBUTES = frozenset({"position", "function", "orientation"})
+ARCHIVE_KINDS = frozenset({"design", "construction", "acceptance", "maintenance", "units_and_technicians"})
+INSPECTION_OUTCOMES = frozenset({"passed", "rectification_ordered", "failed"})
+
+NEEDS = [
+    ParamSpec("filing.new_system", {"trigger": str, "within_days": int, "contents": list}),
+    ParamSpec("filing.pre_existing"),
+    ParamSpec("sites.mandatory", {"categories": list}),
+    ParamSpec("placement.forbidden", {"places": list}),
+    ParamSpec("lifecycle.design_review", {"required": bool}),
+    ParamSpec("lifecycle.acceptance_before_use"),
+    ParamSpec("lifecycle.construction_project_sync"),
+    ParamSpec("relocation", {"timing": str, "days": int, "needs_consent_of": str}),
+    ParamSpec("removal", {"timing": str, "days": int, "allowed_reasons": list}),
+    ParamSpec("archives", {"required_kinds": list}),
+    ParamSpec("signage", {"required": bool}),
+    ParamSpec("personnel", {"training_required": bool}),
+    ParamSpec("classification.anti_terror_key_target"),
+    ParamSpec("classification.state_secret_no_internet"),
+    ParamSpec("classification.basic_info_confidential"),
+    ParamSpec("change_control", {"attributes": list}),
+    ParamSpec("inspections"),
+]
+
+
+def mandatory_categories(pack: RulePack) -> dict[str, str]:
+    rule = pack.rule("sites.mandatory")
+    return {} if rule.silent else {c["category"]: c["article"] for c in rule.param("categories", [])}
+
+
+def _site(site: reg.Site, field: str, pack: RulePack) -> None:
+    v.identifier(site.site_id, f"{field}.site_id")
+    allowed = set(mandatory_categories(pack)) | {"other"}
+    v.one_of(site.category, allowed, f"{field}.category")
+    v.required(site.address, f"{field}.address")
+    v.address_code(site.address_code, f"{field}.address_code")
+    v.coordinates(site.location.longitude, site.location.latitude, f"{field}.location")
+
+
+def _camera(camera: reg.Camera, i: int) -> None:
+    field = f"system.cameras[{i}]"
+    v.identifier(camera.camera_id, f"{field}.camera_id")
+    v.required(camera.device_type, f"{field}.device_type")
+    v.coordinates(camera.location.longitude, camera.location.latitude, f"{field}.location")
+    v.address_code(camera.address_code, f"{field}.address_code")
+    v.one_of(camera.place, PLACES, f"{field}.place")
+    if not 0.0 <= camera.orientation_deg < 360.0:
+        raise InvalidArgument(f"{field}.orientation_deg must be in [0, 360)")
+
+
+def register_precheck(cmd: reg.SystemRegistered) -> None:
+    """Format checks that need no state, so bad input never reaches the log."""
+    v.identifier(cmd.system_id, "system.system_id")
+    v.identifier(cmd.managing_unit, "system.managing_unit")
+
+
+def register(state: SystemState, cmd: reg.SystemRegistered, pack: RulePack) -> Decision:
+    v.identifier(cmd.system_id, "system.system_id")
+    v.required(cmd.name, "system.name")
+    v.identifier(cmd.managing_unit, "system.managing_unit")
+    v.required(cmd.operator, "system.operator")
+    v.need_date(cmd.registered_on, "system.registered_on")
+    v.iso_date(cmd.built_on, "system.built_on", optional=True)
+    _site(cmd.site, "system.site", pack)
+    if not cmd.cameras:
+        raise InvalidArgument("system.cameras: a system has at least one camera")
+    if len({c.camera_id for c in cmd.cameras}) != len(cmd.cameras):
+        raise InvalidArgument("system.cameras: camera ids must be unique")
+    for i, camera in enumerate(cmd.cameras):
+        _camera(camera, i)
+    forbidden = pack.rule("placement.forbidden")
+    for camera in cmd.cameras:  # REG-4: no cameras in private places
+        for place in [] if forbidden.silent else forbidden.param("places", []):
+            if camera.place == place["place"]:
+                reason = f"camera {camera.camera_id} would watch a {camera.place.replace('_', ' ')}"
+                return Refused("RegisterSystem", forbidden.cite(reason, place["article"]))
+    return Accepted(cmd)
+
+
+def file_system(state: SystemState, cmd: reg.SystemFiled, pack: RulePack) -> Decision:
+    state.require_not_removed("filing")
+    v.need_date(cmd.filed_on, "filing.filed_on")
+    v.required(cmd.receiving_agency, "filing.receiving_agency")
+    rule = pack.rule("filing.new_system")  # REG-1: the filing holds what the city lists
+    missing = [] if rule.silent else [c for c in rule.param("contents", []) if c not in cmd.contents]
+    if missing:
+        return Refused("FileSystem", rule.cite(f"the filing lacks {', '.join(missing)}"))
+    return Accepted(cmd)
+
+
+def review_design(state: SystemState, cmd: reg.DesignReviewed, pack: RulePack) -> Decision:
+    state.require_not_removed("a design review")
+    v.need_date(cmd.reviewed_on, "review.reviewed_on")
+    if state.state not in (PLANNED, REJECTED):
+        return _out_of_order("RecordDesignReview", state, pack, "a design review")
+    return Accepted(cmd)
+
+
+def complete_construction(
+    state: SystemState, cmd: reg.ConstructionCompleted, pack: RulePack
+) -> Decision:
+    state.require_not_removed("construction")
+    v.need_date(cmd.completed_on, "construction.completed_on")
+    review = pack.rule("lifecycle.design_review")  # REG-5: no building before a passed review
+    ready = {REVIEWED} if review.param("required", False) else {PLANNED, REVIEWED}
+    if state.state not in ready:
+        reason = f"system {state.system_id} is {state.state}: building needs a passed design review"
+        return Refused("CompleteConstruction", review.cite(reason))
+    return Accepted(cmd)
+
+
+def record_acceptance(state: SystemState, cmd: reg.AcceptanceRecorded, pack: RulePack) -> Decision:
+    state.require_not_removed("acceptance")
+    v.need_date(cmd.accepted_on, "acceptance.accepted_on")
+    if not cmd.passed and not cmd.defects:
+        raise InvalidArgument("acceptance.defects: a failed acceptance lists its defects")
+    if state.state not in ACCEPTANCE_READY:
+        return _out_of_order("RecordAcceptance", state, pack, "acceptance")
+    return Accepted(cmd)
+
+
+def complete_rectification(
+    state: SystemState, cmd: reg.RectificationCompleted, pack: RulePack
+) -> Decision:
+    state.require_not_removed("rectification")
+    v.need_date(cmd.completed_on, "rectification.completed_on")
+    if state.state != RECTIFICATION:
+        return _out_of_order("CompleteRectification", state, pack, "rectification")
+    return Accepted(cmd)
+
+
+def put_into_use(state: SystemState, cmd: reg.SystemPutIntoUse, pack: RulePack) -> Decision:
+    state.require_not_removed("going into use")
+    v.need_date(cmd.in_use_on, "use.in_use_on")
+    if state.state != ACCEPTED:  # REG-5: nothing goes into use without passed acceptance
+        rule = pack.rule("lifecycle.acceptance_before_use")
+        reason = f"system {state.system_id} is {state.state}, not accepted"
+        return Refused("PutIntoUse", rule.cite(reason))
+    return Accepted(cmd)
+
+
+def _out_of_order(command: str, state: SystemState, pack: RulePack, what: str) -> Refused:
+    rule = pack.rule("lifecycle.acceptance_before_use")
+    return Refused(command, rule.cite(f"{what} does not apply to a system that is {state.state}"))
+
+
+def file_change(state: SystemState, cmd: reg.ChangeFiled, pack: RulePack) -> Decision:
+    state.require_not_removed("a change")
+    state.require_camera(cmd.camera_id)
+    v.one_of(cmd.attribute, CHANGE_ATTRIBUTES, "change.attribute")
+    v.required(cmd.new_value, "change.new_value")
+    if cmd.attribute == "orientation":
+        try:
+            degrees = float(cmd.new_value)
+        except ValueError:
+            raise InvalidArgument("change.new_value: an orientation is degrees, 0-360") from None
+        if not 0.0 <= degrees < 360.0:
+            raise InvalidArgument("change.new_value: an orientation is degrees, 0-360")
+    v.need_date(cmd.effective_on, "change.effective_on")
+    rule = pack.rule("change_control")  # REG-11: no change without an approved change/filing
+    controlled = [] if rule.silent else rule.param("attributes", [])
+    if cmd.attribute in controlled and not (cmd.approval_ref and cmd.approved_by):
+        reason = f"a change of {cmd.attribute} needs an approval reference and approver"
+        return Refused("FileChange", rule.cite(reason))
+    return Accepted(cmd)
+
+
+def _move_timing(
+    rule_id: str, state: SystemState, when: str, cmd: reg.SystemRelocated | reg.SystemRemoved,
+    pack: RulePack,
+) -> Refused | None:  # fmt: skip
+    """REG-6: each city's timing, consent and (Wuhan 10) rebuild plan for a move or removal."""
+    rule = pack.rule(rule_id)
+    if rule.silent:
+        return None
+    command = "RelocateSystem" if rule_id == "relocation" else "RemoveSystem"
+    moved_on = v.need_date(when, f"{rule_id}.date")
+    reported = v.iso_date(cmd.reported_on, f"{rule_id}.reported_on", optional=True)
+    mandatory = state.site_category in mandatory_categories(pack)
+    if mandatory and rule.param("mandatory_site_requires_rebuild_plan", False):
+        if not cmd.rebuild_plan_ref:
+            reason = "the system serves a mandatory site: a rebuild or replacement plan is required"
+            return Refused(command, rule.cite(reason))
+        return None
+    if rule.param("needs_consent_of") and not cmd.consent_ref:
+        return Refused(command, rule.cite(f"needs the consent of the {rule.param('needs_consent_of')}"))
+    timing, days = rule.param("timing"), rule.param("days", 0)
+    if timing in ("report_before", "file_before", "approval_before", "consent_before"):
+        if reported is None:
+            return Refused(command, rule.cite("must be reported/filed before it happens"))
+        if days and moved_on - reported < timedelta(days=days) and timing == "report_before":
+            return Refused(command, rule.cite(f"must be reported at least {days} days before"))
+        if reported > moved_on:
+            return Refused(command, rule.cite("must be filed before it happens"))
+        if timing == "file_before" and days and moved_on - reported > timedelta(days=days):
+            return Refused(command, rule.cite(f"must be filed within the {days} days before"))
+    return None
+
+
+def relocate(state: SystemState, cmd: reg.SystemRelocated, pack: RulePack) -> Decision:
+    state.require_not_removed("relocation")
+    _site(cmd.new_site, "relocation.new_site", pack)
+    refusal = _move_timing("relocation", state, cmd.relocated_on, cmd, pack)
+    return refusal or Accepted(cmd)
+
+
+def remove(state: SystemState, cmd: reg.SystemRemoved, pack: RulePack) -> Decision:
+    state.require_not_removed("removal")
+    v.required(cmd.reason, "removal.reason")
+    rule = pack.rule("removal")
+    allowed = [] if rule.silent else rule.param("allowed_reasons", [])
+    if allowed and cmd.reason not in allowed:
+        return Refused("RemoveSystem", rule.cite(f"removal only for: {', '.join(allowed)}"))
+    refusal = _move_timing("removal", state, cmd.removed_on, cmd, pack)
+    return refusal or Accepted(cmd)
+
+
+def attach_archive(state: SystemState, cmd: reg.ArchiveAttached, pack: RulePack) -> Decision:
+    state.require_registered()
+    v.one_of(cmd.kind, ARCHIVE_KINDS, "archive.kind")
+    v.sha256_hex(cmd.sha256, "archive.sha256")
+    v.required(cmd.title, "archive.title")
+    v.need_date(cmd.attached_on, "archive.attached_on")
+    return Accepted(cmd)
+
+
+def record_signage(state: SystemState, cmd: reg.SignageInstalled, pack: RulePack) -> Decision:
+    state.require_not_removed("signage")
+    if not cmd.camera_ids:
+        raise InvalidArgument("signage.camera_ids: name at least one camera")
+    for camera_id in cmd.camera_ids:
+        state.require_camera(camera_id)
+    v.need_date(cmd.installed_on, "signage.installed_on")
+    return Accepted(cmd)
+
+
+def register_personnel(
+    state: SystemState, cmd: reg.MonitoringPersonnelRegistered, pack: RulePack
+) -> Decision:
+    state.require_not_removed("monitoring personnel")
+    v.identifier(cmd.person_id, "person.person_id")
+    v.required(cmd.name, "person.name")
+    v.required(cmd.duty, "person.duty")
+    v.iso_date(cmd.trained_on, "person.trained_on", optional=True)
+    v.iso_date(cmd.filed_with_police_on, "person.filed_with_police_on", optional=True)
+    return Accepted(cmd)
+
+
+def set_classification(state: SystemState, cmd: reg.ClassificationSet, pack: RulePack) -> Decision:
+    state.require_not_removed("classification")
+    v.need_date(cmd.set_on, "classification.set_on")
+    c = cmd.classification
+    if c.security_level > 5:
+        raise InvalidArgument("classification.security_level must be 0-5")
+    rule = pack.rule("classification.state_secret_no_internet")
+    if c.state_secret_area and c.internet_connected and not rule.silent:
+        reason = "a system in a state-secret area must not connect to the internet"
+        return Refused("SetClassification", rule.cite(reason))
+    return Accepted(cmd)
+
+
+def record_inspection(state: SystemState, cmd: reg.InspectionRecorded, pack: RulePack) -> Decision:
+    state.require_registered()
+    v.identifier(cmd.inspection_id, "inspection.inspection_id")
+    v.need_date(cmd.inspected_on, "inspection.inspected_on")
+    v.required(cmd.inspecting_agency, "inspection.inspecting_agency")
+    v.one_of(cmd.outcome, INSPECTION_OUTCOMES, "inspection.outcome")
+    if not cmd.scope:
+        raise InvalidArgument("inspection.scope: name what was inspected")
+    return Accepted(cmd)
+
+
+def declare_site(cmd: reg.MandatorySiteDeclared, pack: RulePack) -> None:
+    _site(cmd.site, "declaration.site", pack)
+    v.need_date(cmd.declared_on, "declaration.declared_on")
+    if cmd.site.category not in mandatory_categories(pack):
+        raise InvalidArgument(
+            f"declaration.site.category {cmd.site.category!r} is not a mandatory category of {pack.name}"
+        )
