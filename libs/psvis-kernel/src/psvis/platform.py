@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 from importlib.metadata import entry_points
 
 from psvis.clock import Clock
@@ -32,6 +33,8 @@ class ServiceModule:
     projections: Sequence[StreamProjection]
     collections: Sequence[str]
     bind: Callable[[Platform], ServiceBinding]
+    # Adds the service's `psvis <name> ...` commands to the CLI.
+    cli: Callable[[Any], None] | None = None
 
 
 def discover_services() -> list[ServiceModule]:

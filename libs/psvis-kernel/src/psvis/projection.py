@@ -36,6 +36,8 @@ class StreamProjection:
         return stream_id[len(self.prefix) :] if stream_id.startswith(self.prefix) else None
 
 
+
+
 class ProjectionRunner:
     """Applies the log to read models in batches; a duplicate delivery is applied once."""
 

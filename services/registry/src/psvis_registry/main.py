@@ -7,6 +7,7 @@ from psvis.platform import Platform, ServiceModule
 from psvis.registry.v1 import registry_pb2_grpc as reg_grpc
 from psvis.telemetry import trace_headers
 from psvis_registry.api import RegistryApi
+from psvis_registry.cli import add_cli
 from psvis_registry.handlers import Registry
 from psvis_registry.projections import COLLECTIONS, PROJECTIONS
 from psvis_registry.rules import NEEDS
@@ -18,5 +19,6 @@ def bind(platform: Platform) -> ServiceBinding:
 
 
 SERVICE = ServiceModule(
-    name="registry", needs=NEEDS, projections=PROJECTIONS, collections=COLLECTIONS, bind=bind
+    name="registry", needs=NEEDS, projections=PROJECTIONS, collections=COLLECTIONS, bind=bind,
+    cli=add_cli,
 )

@@ -1,0 +1,74 @@
+"""What every client command shares: connecting with mTLS, printing, and error reporting."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf.json_format import MessageToDict, ParseDict
+from google.protobuf.message import Message
+
+from psvis.grpc_server import channel_credentials
+
+
+def add_connection_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("connection")
+    group.add_argument("--server", default=os.environ.get("PSVIS_SERVER", "localhost:50051"),
+                       help="host:port of the platform (env PSVIS_SERVER; default %(default)s)")
+    group.add_argument("--as", dest="identity", default=os.environ.get("PSVIS_IDENTITY", "dev-unit"),
+                       help="client certificate to act as, a name in the PKI folder (default %(default)s)")
+    group.add_argument("--pki", type=Path, default=Path(os.environ.get("PSVIS_PKI", ".psvis/pki")),
+                       help="folder with ca.crt and <name>.crt/.key (default %(default)s)")
+    group.add_argument("--json", action="store_true", help="print JSON instead of text")  # fmt: skip
+
+
+def channel(args: argparse.Namespace) -> grpc.aio.Channel:
+    pki: Path = args.pki
+    cert, key = pki / f"{args.identity}.crt", pki / f"{args.identity}.key"
+    for path in (pki / "ca.crt", cert, key):
+        if not path.exists():
+            raise SystemExit(f"error: {path} not found; start the platform once (make run) or pass --pki")
+    return grpc.aio.secure_channel(args.server, channel_credentials(pki / "ca.crt", cert, key))
+
+
+def to_json(message: Message) -> str:
+    return json.dumps(MessageToDict(message, preserving_proto_field_name=True), indent=2, ensure_ascii=False)
+
+
+def payload_from(args: argparse.Namespace, message: Message) -> Message:
+    """--file/--data JSON (proto field names) merged under the flags already set on message."""
+    text = None
+    if getattr(args, "file", None):
+        text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
+    elif getattr(args, "data", None):
+        text = args.data
+    if text:
+        base = type(message)()
+        try:
+            ParseDict(json.loads(text), base)
+        except (ValueError, json.JSONDecodeError) as e:
+            raise SystemExit(f"error: the JSON payload does not fit {base.DESCRIPTOR.name}: {e}") from None
+        base.MergeFrom(message)
+        return base
+    return message
+
+
+def run_rpc(work: Callable[[], Awaitable[Any]]) -> int:
+    """Run one client call; gRPC errors become one readable line and exit status 1."""
+
+    async def main() -> Any:
+        return await work()
+
+    try:
+        asyncio.run(main())
+    except grpc.aio.AioRpcError as e:
+        print(f"error: {e.code().name}: {e.details()}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,303 @@
+"""`psvis registry ...`: file and manage video systems from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from google.protobuf.message import Message
+
+from psvis.cli.client import add_connection_flags, channel, payload_from, run_rpc, to_json
+from psvis.registry.v1 import registry_pb2 as reg
+from psvis.registry.v1 import registry_pb2_grpc as reg_grpc
+
+
+@dataclass(frozen=True)
+class Flag:
+    flag: str
+    field: str
+    kind: str = "str"  # str, bool, list, float, int
+    help: str = ""
+    required: bool = False
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    rpc: str
+    request: type[Message]
+    payload_field: str
+    flags: tuple[Flag, ...]
+
+
+def on(field: str) -> Flag:
+    return Flag("--on", field, "str", "date, e.g. 2024-03-01", True)
+COMMANDS = [
+    Command("file", "file the system with the police (REG-1)", "FileSystem", reg.FileSystemRequest, "filing",
+            (on("filed_on"), Flag("--agency", "receiving_agency", help="police agency receiving the filing", required=True),
+             Flag("--content", "contents", "list", "what the filing holds, e.g. main_device_types, point_layout"))),
+    Command("review", "record a design review (REG-5)", "RecordDesignReview", reg.RecordDesignReviewRequest, "review",
+            (on("reviewed_on"), Flag("--passed", "passed", "bool", "the design passed"),
+             Flag("--reviewer", "reviewers", "list"), Flag("--notes", "notes"))),
+    Command("build", "record construction completed (REG-5)", "CompleteConstruction", reg.CompleteConstructionRequest,
+            "construction", (on("completed_on"),)),
+    Command("accept", "record an acceptance, passed or failed (REG-5)", "RecordAcceptance", reg.RecordAcceptanceRequest,
+            "acceptance", (on("accepted_on"), Flag("--passed", "passed", "bool", "acceptance passed"),
+                           Flag("--defect", "defects", "list", "a defect found (failed acceptance)"))),
+    Command("rectify", "record rectification completed (REG-5)", "CompleteRectification", reg.CompleteRectificationRequest,
+            "rectification", (on("completed_on"), Flag("--notes", "notes"))),
+    Command("use", "put the system into use (REG-5)", "PutIntoUse", reg.PutIntoUseRequest, "use",
+            (on("in_use_on"),)),
+    Command("change", "file a change of a camera's position, function or orientation (REG-11)", "FileChange",
+            reg.FileChangeRequest, "change",
+            (on("effective_on"), Flag("--camera", "camera_id", required=True),
+             Flag("--attribute", "attribute", help="position, function or orientation", required=True),
+             Flag("--value", "new_value", required=True), Flag("--approval", "approval_ref"), Flag("--approved-by", "approved_by"))),
+    Command("relocate", "relocate the system; --data holds {\"new_site\": {...}} (REG-6)", "RelocateSystem",
+            reg.RelocateSystemRequest, "relocation",
+            (on("relocated_on"), Flag("--reported-on", "reported_on"), Flag("--consent", "consent_ref"),
+             Flag("--rebuild-plan", "rebuild_plan_ref"))),
+    Command("remove", "remove the system (REG-6)", "RemoveSystem", reg.RemoveSystemRequest, "removal",
+            (on("removed_on"), Flag("--reason", "reason", required=True), Flag("--reported-on", "reported_on"),
+             Flag("--consent", "consent_ref"), Flag("--rebuild-plan", "rebuild_plan_ref"))),
+    Command("archive", "attach an archive document by content hash (REG-7)", "AttachArchive", reg.AttachArchiveRequest,
+            "archive",
+            (on("attached_on"), Flag("--kind", "kind", help="design, construction, acceptance, maintenance, units_and_technicians", required=True),
+             Flag("--title", "title", required=True), Flag("--sha256", "sha256", help="or --document to hash a file"),
+             Flag("--unit", "units", "list"), Flag("--technician", "technicians", "list"))),
+    Command("signage", "record signs installed at cameras (REG-8)", "RecordSignage", reg.RecordSignageRequest, "signage",
+            (on("installed_on"), Flag("--camera", "camera_ids", "list", required=True))),
+    Command("personnel", "register monitoring personnel and training (REG-9)", "RegisterMonitoringPersonnel",
+            reg.RegisterMonitoringPersonnelRequest, "person",
+            (Flag("--person", "person_id", required=True), Flag("--name", "name", required=True), Flag("--duty", "duty", required=True),
+             Flag("--trained-on", "trained_on"), Flag("--course", "training_course"), Flag("--filed-on", "filed_with_police_on"))),
+    Command("inspect", "record a supervisory inspection (REG-12; police)", "RecordInspection", reg.RecordInspectionRequest,
+            "inspection",
+            (on("inspected_on"), Flag("--id", "inspection_id", required=True), Flag("--agency", "inspecting_agency", required=True),
+             Flag("--scope", "scope", "list", required=True), Flag("--outcome", "outcome", help="passed, rectification_ordered or failed", required=True),
+             Flag("--notes", "notes"))),
+]  # fmt: skip
+
+
+def _fill(message: Message, flags: tuple[Flag, ...], args: argparse.Namespace) -> None:
+    for f in flags:
+        value = getattr(args, _dest(f))
+        if value in (None, [], False):
+            continue
+        if f.kind == "list":
+            getattr(message, f.field).extend(value)
+        else:
+            setattr(message, f.field, value)
+
+
+def _dest(f: Flag) -> str:
+    return f.flag.lstrip("-").replace("-", "_")
+
+
+def _add_flags(parser: argparse.ArgumentParser, flags: tuple[Flag, ...]) -> None:
+    for f in flags:
+        if f.kind == "bool":
+            parser.add_argument(f.flag, action="store_true", help=f.help)
+        elif f.kind == "list":
+            parser.add_argument(f.flag, action="append", default=[], help=f.help + " (repeatable)", required=f.required)
+        else:
+            parser.add_argument(f.flag, type=float if f.kind == "float" else str, help=f.help, required=f.required)
+
+
+def _payload_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", help="payload as JSON (protobuf field names); flags override it")
+    parser.add_argument("--file", help="payload JSON from a file, or - for stdin")
+
+
+def _stub(args: argparse.Namespace) -> reg_grpc.RegistryServiceStub:
+    return reg_grpc.RegistryServiceStub(channel(args))
+
+
+def _print_result(args: argparse.Namespace, response: Message) -> None:
+    if args.json:
+        print(to_json(response))
+    else:
+        print(f"ok: {response.stream_id} is at version {response.version} (event {response.event_id})")  # type: ignore[attr-defined]
+
+
+def _run_command(command: Command, args: argparse.Namespace) -> int:
+    payload_cls = type(getattr(command.request(), command.payload_field))
+    payload = payload_cls()
+    _fill(payload, command.flags, args)
+    if command.name == "archive" and args.document:
+        payload.sha256 = hashlib.sha256(Path(args.document).read_bytes()).hexdigest()  # type: ignore[attr-defined]
+    payload = payload_from(args, payload)
+    request = command.request(system_id=args.system_id, expected_version=args.expected_version)
+    getattr(request, command.payload_field).CopyFrom(payload)
+
+    async def call() -> None:
+        _print_result(args, await getattr(_stub(args), command.rpc)(request))
+
+    return run_rpc(call)
+
+
+def _register(args: argparse.Namespace) -> int:
+    system = payload_from(args, reg.SystemRegistered())
+
+    async def call() -> None:
+        _print_result(args, await _stub(args).RegisterSystem(reg.RegisterSystemRequest(system=system)))  # type: ignore[arg-type]
+
+    return run_rpc(call)
+
+
+def _declare_site(args: argparse.Namespace) -> int:
+    declaration = payload_from(args, reg.MandatorySiteDeclared(declared_on=args.on))
+
+    async def call() -> None:
+        request = reg.DeclareMandatorySiteRequest(declaration=declaration)  # type: ignore[arg-type]
+        _print_result(args, await _stub(args).DeclareMandatorySite(request))
+
+    return run_rpc(call)
+
+
+def _classify(args: argparse.Namespace) -> int:
+    c = reg.Classification(
+        anti_terror_key_target=args.anti_terror, security_key_unit=args.key_unit,
+        state_secret_area=args.state_secret, internet_connected=args.internet,
+        security_level=args.level, data_grade=args.data_grade or "",
+    )  # fmt: skip
+    request = reg.SetClassificationRequest(
+        system_id=args.system_id, expected_version=args.expected_version,
+        classification=reg.ClassificationSet(classification=c, set_on=args.on),
+    )  # fmt: skip
+
+    async def call() -> None:
+        _print_result(args, await _stub(args).SetClassification(request))
+
+    return run_rpc(call)
+
+
+def _get(args: argparse.Namespace) -> int:
+    async def call() -> None:
+        view = await _stub(args).GetSystem(reg.GetSystemRequest(system_id=args.system_id))
+        if args.json:
+            print(to_json(view))
+            return
+        print(f"{view.system_id}  {view.name}  [{view.state}]  v{view.version}")
+        print(f"  unit {view.managing_unit}, operator {view.operator}; site {view.site.site_id} ({view.site.category}) {view.site.address} [{view.site.address_code}]")
+        print(f"  registered {view.registered_on or '-'}, filed {view.filed_on or '-'}, accepted {view.accepted_on or '-'}, in use {view.in_use_on or '-'}")
+        for c in view.cameras:
+            sign = "sign" if c.camera_id in view.signed_camera_ids else "no sign"
+            print(f"  camera {c.camera_id}: {c.device_type} at {c.place} ({c.location.longitude}, {c.location.latitude}) facing {c.orientation_deg:g}° [{sign}]")
+        print(f"  archives {len(view.archives)}, personnel {len(view.personnel)}, inspections {len(view.inspections)}, changes {len(view.changes)}")
+
+    return run_rpc(call)
+
+
+def _list(args: argparse.Namespace) -> int:
+    async def call() -> None:
+        request = reg.ListSystemsRequest(managing_unit=args.unit or "", state=args.state or "",
+                                         address_code_prefix=args.address_code or "", page_size=args.limit)  # fmt: skip
+        response = await _stub(args).ListSystems(request)
+        if args.json:
+            print(to_json(response))
+            return
+        if not response.systems:
+            print("no systems")
+        for s in response.systems:
+            print(f"{s.system_id:20} {s.state:16} {s.camera_count:3} cameras  v{s.version:<4} {s.managing_unit:14} {s.name}")
+
+    return run_rpc(call)
+
+
+def _cameras(args: argparse.Namespace) -> int:
+    async def call() -> None:
+        box = args.bbox or [0.0, 0.0, 0.0, 0.0]
+        request = reg.SearchCamerasRequest(address_code_prefix=args.address_code or "", min_longitude=box[0],
+                                           min_latitude=box[1], max_longitude=box[2], max_latitude=box[3], page_size=args.limit)  # fmt: skip
+        response = await _stub(args).SearchCameras(request)
+        if args.json:
+            print(to_json(response))
+            return
+        for hit in response.cameras:
+            c = hit.camera
+            print(f"{hit.system_id:20} {c.camera_id:12} {c.device_type:10} {c.place:12} ({c.location.longitude}, {c.location.latitude}) {c.address_code}")
+
+    return run_rpc(call)
+
+
+def _findings(args: argparse.Namespace) -> int:
+    async def call() -> None:
+        response = await _stub(args).ListFindings(reg.ListFindingsRequest(as_of=args.as_of or "", spec=args.spec or ""))
+        if args.json:
+            print(to_json(response))
+            return
+        if not response.findings:
+            print("no findings")
+        for f in response.findings:
+            print(f"{f.status:8} {f.spec:6} {f.article:16} {f.subject:22} since {f.since}: {f.detail}")
+
+    return run_rpc(call)
+
+
+def add_cli(sub: Any) -> None:
+    parser = sub.add_parser("registry", help="file and manage video systems (REG)")
+    commands = parser.add_subparsers(dest="sub", required=True, metavar="SUB")
+
+    p = commands.add_parser("register", help="register a video system with its cameras (REG-2, REG-4)")
+    _payload_flags(p)
+    add_connection_flags(p)
+    p.set_defaults(run=_register)
+
+    for command in COMMANDS:
+        p = commands.add_parser(command.name, help=command.help)
+        p.add_argument("system_id")
+        _add_flags(p, command.flags)
+        if command.name == "archive":
+            p.add_argument("--document", help="a file whose SHA-256 to record")
+        p.add_argument("--expected-version", type=int, default=0, help="refuse if the system moved past this version")
+        _payload_flags(p)
+        add_connection_flags(p)
+        p.set_defaults(run=lambda a, c=command: _run_command(c, a))
+
+    p = commands.add_parser("classify", help="set classification flags (REG-10)")
+    p.add_argument("system_id")
+    p.add_argument("--on", required=True, help="date")
+    for flag in ("--anti-terror", "--key-unit", "--state-secret", "--internet"):
+        p.add_argument(flag, action="store_true")
+    p.add_argument("--level", type=int, default=0, help="security level 0-5")
+    p.add_argument("--data-grade")
+    p.add_argument("--expected-version", type=int, default=0)
+    add_connection_flags(p)
+    p.set_defaults(run=_classify)
+
+    p = commands.add_parser("declare-site", help="declare a site of a mandatory category (REG-3; police); --data holds {\"site\": {...}}")
+    p.add_argument("--on", required=True, help="date")
+    _payload_flags(p)
+    add_connection_flags(p)
+    p.set_defaults(run=_declare_site)
+
+    p = commands.add_parser("get", help="a system's basic information (REG-10: its unit or the police)")
+    p.add_argument("system_id")
+    add_connection_flags(p)
+    p.set_defaults(run=_get)
+
+    p = commands.add_parser("list", help="list systems (REG-2 catalogue)")
+    p.add_argument("--unit")
+    p.add_argument("--state")
+    p.add_argument("--address-code", help="address code prefix")
+    p.add_argument("--limit", type=int, default=100)
+    add_connection_flags(p)
+    p.set_defaults(run=_list)
+
+    p = commands.add_parser("cameras", help="search cameras by address code and bounding box (police)")
+    p.add_argument("--address-code", help="address code prefix")
+    p.add_argument("--bbox", type=float, nargs=4, metavar=("MIN_LON", "MIN_LAT", "MAX_LON", "MAX_LAT"))
+    p.add_argument("--limit", type=int, default=100)
+    add_connection_flags(p)
+    p.set_defaults(run=_cameras)
+
+    p = commands.add_parser("findings", help="compliance findings with article (REG-1, 3, 7, 8, 9, 12)")
+    p.add_argument("--as-of", help="date to evaluate at (default today)")
+    p.add_argument("--spec", help="only this requirement, e.g. REG-1")
+    add_connection_flags(p)
+    p.set_defaults(run=_findings)
