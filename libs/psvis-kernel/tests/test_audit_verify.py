@@ -1,0 +1,139 @@
+"""AUD-1, AUD-2: verify checks the stored bytes and names the first offset that fails."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from psvis.audit import verify_store
+from psvis.signing import Signer
+from kernel_fixtures import Log, build_log, note
+
+
+async def verify(log: Log, signer: Signer | None = None) -> dict:
+    report = await verify_store(log.store, log.checkpoints, [(signer or log.signer).public])
+    return report.as_dict()
+
+
+def tamper(folder: Path, *statements: tuple[str, tuple]) -> None:
+    conn = sqlite3.connect(folder / "psvis.db")
+    for sql, params in statements:
+        conn.execute(sql, params)
+    conn.commit()
+    conn.close()
+
+
+def data_at(folder: Path, position: int) -> bytes:
+    conn = sqlite3.connect(folder / "psvis.db")
+    (data,) = conn.execute("SELECT data FROM events WHERE position = ?", (position,)).fetchone()
+    conn.close()
+    return bytes(data)
+
+
+async def test_aud2_untouched_log_verifies(tmp_path: Path) -> None:
+    log = await build_log(tmp_path)
+    report = await verify(log)
+    assert report["ok"], report
+    assert report["events_checked"] == 30
+    assert report["notarised_size"] == 30 and report["checkpoints_checked"] == 4
+
+
+async def test_aud1_flipped_byte_is_found_at_its_offset(tmp_path: Path) -> None:
+    log = await build_log(tmp_path)
+    data = bytearray(data_at(tmp_path, 13))
+    data[-3] ^= 0x01
+    tamper(tmp_path, ("UPDATE events SET data = ? WHERE position = 13", (bytes(data),)))
+    report = await verify(log)
+    assert not report["ok"]
+    assert report["failure"]["offset"] == 13
+
+
+async def test_aud1_removed_event_is_found(tmp_path: Path) -> None:
+    log = await build_log(tmp_path)
+    tamper(tmp_path, ("DELETE FROM events WHERE position = 9", ()))
+    report = await verify(log)
+    assert not report["ok"] and report["failure"]["offset"] == 9
+
+
+async def test_aud1_reordered_events_are_found_at_the_first_moved_offset(tmp_path: Path) -> None:
+    log = await build_log(tmp_path)
+    a, b = data_at(tmp_path, 4), data_at(tmp_path, 5)  # different streams: each chain still holds
+    tamper(
+        tmp_path,
+        ("UPDATE events SET data = ?, event_id = 'x' WHERE position = 4", (b,)),
+        ("UPDATE events SET data = ?, event_id = 'y' WHERE position = 5", (a,)),
+    )
+    report = await verify(log)
+    assert not report["ok"] and report["failure"]["offset"] == 4
+
+
+async def test_aud1_inserted_event_is_found(tmp_path: Path) -> None:
+    log = await build_log(tmp_path)
+    copy = data_at(tmp_path, 3)
+    tamper(
+        tmp_path,
+        ("UPDATE events SET position = position + 1000 WHERE position >= 6", ()),
+        ("UPDATE events SET position = position - 999 WHERE position >= 1006", ()),
+        ("INSERT INTO events VALUES (6, 'forged', 1, 'forged-1', ?)", (copy,)),
+    )
+    report = await verify(log)
+    assert not report["ok"] and report["failure"]["offset"] == 6
+
+
+async def test_aud1_truncated_log_is_found(tmp_path: Path) -> None:
+    log = await build_log(tmp_path)
+    tamper(tmp_path, ("DELETE FROM events WHERE position >= 28", ()))
+    report = await verify(log)
+    assert not report["ok"] and report["failure"]["check"] == "truncated"
+    assert report["failure"]["offset"] == 28
+
+
+async def test_aud1_forged_checkpoint_signature_fails(tmp_path: Path) -> None:
+    log = await build_log(tmp_path)
+    stranger = Signer.load_or_create(tmp_path / "other" / "k.key")
+    report = await verify(log, stranger)
+    assert not report["ok"] and report["failure"]["check"] == "checkpoint-key"
+
+
+async def test_aud1_changed_event_after_the_last_checkpoint_breaks_its_chain(tmp_path: Path) -> None:
+    log = await build_log(tmp_path)
+    for text in ("late 1", "late 2"):
+        head = await log.store.head("s-0")
+        await log.store.append("s-0", head.version, [note(text, log.clock)])
+    assert (await verify(log))["unnotarised_tail"] == 2
+    data = bytearray(data_at(tmp_path, 30))
+    data[-2] ^= 0x01  # inside its own prev_hash, the envelope's last field
+    tamper(tmp_path, ("UPDATE events SET data = ? WHERE position = 30", (bytes(data),)))
+    report = await verify(log)
+    assert not report["ok"] and report["failure"]["offset"] == 30
+    assert report["failure"]["check"] == "prev-hash"
+
+
+def test_aud2_cli_exits_non_zero_and_names_the_offset(tmp_path: Path) -> None:
+    import asyncio
+
+    log = asyncio.run(build_log(tmp_path))
+    asyncio.run(log.db.close())
+    psvis = [sys.executable, "-m", "psvis.cli.main", "audit", "verify", "--data-dir", str(tmp_path), "--json"]
+    ok = subprocess.run(psvis, capture_output=True, text=True, check=False)
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["ok"] is True
+    data = bytearray(data_at(tmp_path, 20))
+    data[10] ^= 0xFF
+    tamper(tmp_path, ("UPDATE events SET data = ? WHERE position = 20", (bytes(data),)))
+    bad = subprocess.run(psvis, capture_output=True, text=True, check=False)
+    assert bad.returncode == 1
+    assert json.loads(bad.stdout)["failure"]["offset"] == 20
+    human = subprocess.run(psvis[:-1], capture_output=True, text=True, check=False)
+    assert human.returncode == 1 and "offset 20" in human.stderr
+
+
+@pytest.mark.parametrize("events", [1, 7, 8, 9, 64])
+async def test_aud1_checkpoint_boundaries_verify(tmp_path: Path, events: int) -> None:
+    log = await build_log(tmp_path, events=events)
+    assert (await verify(log))["ok"]
