@@ -7,13 +7,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from psvis.checkpoints import CheckpointStore
 from psvis.envelope import RecordedEvent
 from psvis.eventstore.port import EventStore
 from psvis.projection import ProjectionRunner, StreamProjection
 from psvis.readstore.port import ReadStore, canonical_digest
 from psvis.readstore.sqlite import SqliteReadStore
-from psvis.signing import Ed25519PublicKey, key_id
+from psvis.signing import key_id
 from psvis.sqlite_db import SqliteDatabase
 from psvis.verify import LogVerifier, VerifyReport, _Stop
 
@@ -60,7 +62,11 @@ class LogUntil:
             self.progress(len(page))
         if self._until is None:
             return page
-        kept = [e for e in page if e.envelope.recorded_at.ToDatetime(tzinfo=self._until.tzinfo) <= self._until]
+        kept = [
+            e
+            for e in page
+            if e.envelope.recorded_at.ToDatetime(tzinfo=self._until.tzinfo) <= self._until
+        ]
         if page and not kept:  # keep paging past a stretch of later events
             return [_skip(page[-1])]
         return kept
@@ -100,5 +106,3 @@ async def replay(
     runner = ProjectionRunner("replay", log, reads, projections, batch=PAGE)  # type: ignore[arg-type]
     position = await runner.catch_up()
     return Replay(reads, await canonical_digest(reads, collections), position, db)
-
-

@@ -63,7 +63,7 @@ def caller_of(context: grpc.aio.ServicerContext) -> Caller:
     return _caller_from_pem(pems[0])
 
 
-class ErrorMapping(grpc.aio.ServerInterceptor):
+class ErrorMapping(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Domain errors become gRPC status + human message; anything else is logged, never leaked."""
 
     async def intercept_service(
@@ -133,7 +133,9 @@ def create_server(
     for service in services:
         service.add(service.servicer, server)
     names = [s.name for s in services]
-    reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    reflection.enable_server_reflection(
+        [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+    )
     if credentials is None:
         port = server.add_insecure_port(bind)
     else:

@@ -9,7 +9,8 @@ from psvis.common.v1 import envelope_pb2 as pb
 
 
 def message_class(type_name: str) -> type[Message]:
-    descriptor = descriptor_pool.Default().FindMessageTypeByName(type_name)
+    pool = descriptor_pool.Default()  # type: ignore[no-untyped-call]
+    descriptor = pool.FindMessageTypeByName(type_name)
     return message_factory.GetMessageClass(descriptor)
 
 

@@ -40,7 +40,9 @@ def _name(cn: str, ou: str) -> x509.Name:
     )
 
 
-def _write(folder: Path, stem: str, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate) -> Identity:
+def _write(
+    folder: Path, stem: str, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate
+) -> Identity:
     key_path, cert_path = folder / f"{stem}.key", folder / f"{stem}.crt"
     key_path.touch(mode=0o600)
     key_path.write_bytes(

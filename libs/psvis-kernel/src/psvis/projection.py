@@ -36,8 +36,6 @@ class StreamProjection:
         return stream_id[len(self.prefix) :] if stream_id.startswith(self.prefix) else None
 
 
-
-
 class ProjectionRunner:
     """Applies the log to read models in batches; a duplicate delivery is applied once."""
 
@@ -93,7 +91,9 @@ class ProjectionRunner:
 
     async def wait_for_stream(self, stream_id: str, version: int, timeout: float = 15.0) -> bool:
         """True once the read model of `stream_id` reflects `version` (read your writes)."""
-        target = next(((p, k) for p in self._projections if (k := p.key(stream_id)) is not None), None)
+        target = next(
+            ((p, k) for p in self._projections if (k := p.key(stream_id)) is not None), None
+        )
         if target is None:
             return True
         projection, key = target
@@ -112,12 +112,13 @@ class ProjectionRunner:
 
     async def apply_batch(self, events: Sequence[RecordedEvent]) -> None:
         for projection in self._projections:
-            mine = [(projection.key(e.stream_id), e) for e in events]
-            chosen = [(k, e) for k, e in mine if k is not None]
+            chosen = [(k, e) for e in events if (k := projection.key(e.stream_id)) is not None]
             if chosen:
-                await self._apply(projection, chosen)  # type: ignore[arg-type]
+                await self._apply(projection, chosen)
 
-    async def _apply(self, projection: StreamProjection, events: list[tuple[str, RecordedEvent]]) -> None:
+    async def _apply(
+        self, projection: StreamProjection, events: list[tuple[str, RecordedEvent]]
+    ) -> None:
         stored = await self._store.get_many(projection.collection, sorted({k for k, _ in events}))
         current = {k: (doc, version) for k, (doc, version) in stored.items()}
         writes: dict[str, Write] = {}
@@ -135,4 +136,9 @@ class ProjectionRunner:
             writes[key] = Write(key, doc, event.version, expected)
         applied = await self._store.put_many(projection.collection, list(writes.values()))
         if applied != len(writes):
-            log.warning("%s: %d of %d writes raced another consumer", self.name, len(writes) - applied, len(writes))
+            log.warning(
+                "%s: %d of %d writes raced another consumer",
+                self.name,
+                len(writes) - applied,
+                len(writes),
+            )

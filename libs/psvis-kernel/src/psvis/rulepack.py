@@ -32,7 +32,9 @@ class Rule:
 
     def cite(self, reason: str, article: str = "") -> Citation:
         """A citation of this rule; `article` narrows it to one item (e.g. Wuhan 18)."""
-        return Citation(rule=self.id, article=article or self.article, spec=self.spec, reason=reason)
+        return Citation(
+            rule=self.id, article=article or self.article, spec=self.spec, reason=reason
+        )
 
     def param(self, name: str, default: Any = None) -> Any:
         return self.params.get(name, default)
@@ -69,7 +71,9 @@ def parse_pack(data: Mapping[str, Any], origin: str = "<pack>") -> RulePack:
     raw_rules = data.get("rules")
     if not isinstance(raw_rules, dict) or not raw_rules:
         raise RulePackError(f"{origin}: no [rules.*] tables")
-    rules = {rid: _parse_rule(rid, body, str(meta["name"]), origin) for rid, body in raw_rules.items()}
+    rules = {
+        rid: _parse_rule(rid, body, str(meta["name"]), origin) for rid, body in raw_rules.items()
+    }
     in_force = meta.get("in_force")
     return RulePack(
         city=str(meta["city"]),

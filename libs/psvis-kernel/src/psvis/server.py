@@ -110,7 +110,9 @@ async def _supervised(work: Callable[[], Awaitable[None]]) -> None:
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("background task %s failed; restarting in 1 s", getattr(work, "__qualname__", work))
+            log.exception(
+                "background task %s failed; restarting in 1 s", getattr(work, "__qualname__", work)
+            )
             await asyncio.sleep(1)
 
 

@@ -20,7 +20,9 @@ class Settings:
     city: str = field(default_factory=lambda: os.environ.get("PSVIS_CITY", "wuhan"))
     listen: str = field(default_factory=lambda: os.environ.get("PSVIS_LISTEN", "127.0.0.1:50051"))
     backend: str = field(default_factory=lambda: os.environ.get("PSVIS_BACKEND", "embedded"))
-    kafka_bootstrap: str = field(default_factory=lambda: os.environ.get("PSVIS_KAFKA_BOOTSTRAP", ""))
+    kafka_bootstrap: str = field(
+        default_factory=lambda: os.environ.get("PSVIS_KAFKA_BOOTSTRAP", "")
+    )
     mongo_url: str = field(default_factory=lambda: os.environ.get("PSVIS_MONGO_URL", ""))
     namespace: str = field(default_factory=lambda: os.environ.get("PSVIS_NAMESPACE", "psvis"))
     rules_dirs: list[Path] = field(default_factory=_default_rules_dirs)

@@ -6,13 +6,14 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from google.protobuf.message import DecodeError
 
 from psvis.checkpoints import CheckpointRecord
 from psvis.common.v1 import envelope_pb2 as pb
 from psvis.envelope import event_hash
 from psvis.merkle import MerkleTree
-from psvis.signing import Ed25519PublicKey, verify_signature
+from psvis.signing import verify_signature
 
 
 @dataclass(frozen=True)

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 from datetime import date
+from typing import Any
 
 import grpc
-
+from google.protobuf.message import Message
 from psvis import validate as v
 from psvis.envelope import RecordedEvent
-from psvis.errors import NotFound, PermissionDenied
+from psvis.errors import InvalidArgument, NotFound, PermissionDenied
 from psvis.grpc_server import Caller, caller_of
 from psvis.registry.v1 import registry_pb2 as reg
 from psvis.registry.v1 import registry_pb2_grpc as reg_grpc
+
 from psvis_registry import rules
-from psvis_registry.handlers import POLICE, UNIT, Registry
+from psvis_registry.handlers import POLICE, UNIT, Decide, Registry
 from psvis_registry.projections import view_of
 
 AUDITOR = "auditor"
@@ -47,7 +49,7 @@ def _page(items: list[str], size: int, token: str) -> tuple[int, int]:
     start = 0
     if token:
         if not token.isdigit() or int(token) > len(items):
-            raise v.InvalidArgument("page_token is not one this server issued")
+            raise InvalidArgument("page_token is not one this server issued")
         start = int(token)
     return start, size
 
@@ -56,63 +58,114 @@ class RegistryApi(reg_grpc.RegistryServiceServicer):
     def __init__(self, registry: Registry) -> None:
         self._r = registry
 
-    async def RegisterSystem(self, request: reg.RegisterSystemRequest, context: grpc.aio.ServicerContext) -> reg.CommandResult:
+    async def RegisterSystem(
+        self, request: reg.RegisterSystemRequest, context: grpc.aio.ServicerContext
+    ) -> reg.CommandResult:
         caller = authorise(context, "RegisterSystem")
         return result(await self._r.register(caller, request.system))
 
-    async def _command(self, context: grpc.aio.ServicerContext, method: str, request, decide, payload) -> reg.CommandResult:  # type: ignore[no-untyped-def]
+    async def _command(
+        self,
+        context: grpc.aio.ServicerContext,
+        method: str,
+        request: Any,
+        decide: Decide,
+        payload: Message,
+    ) -> reg.CommandResult:
         caller = authorise(context, method)
         v.identifier(request.system_id, "system_id")
-        recorded = await self._r.command(caller, request.system_id, request.expected_version, decide, payload)
+        recorded = await self._r.command(
+            caller, request.system_id, request.expected_version, decide, payload
+        )
         return result(recorded)
 
     async def FileSystem(self, request, context):  # type: ignore[no-untyped-def]
-        return await self._command(context, "FileSystem", request, rules.file_system, request.filing)
+        return await self._command(
+            context, "FileSystem", request, rules.file_system, request.filing
+        )
 
     async def RecordDesignReview(self, request, context):  # type: ignore[no-untyped-def]
-        return await self._command(context, "RecordDesignReview", request, rules.review_design, request.review)
+        return await self._command(
+            context, "RecordDesignReview", request, rules.review_design, request.review
+        )
 
     async def CompleteConstruction(self, request, context):  # type: ignore[no-untyped-def]
-        return await self._command(context, "CompleteConstruction", request, rules.complete_construction, request.construction)
+        return await self._command(
+            context,
+            "CompleteConstruction",
+            request,
+            rules.complete_construction,
+            request.construction,
+        )
 
     async def RecordAcceptance(self, request, context):  # type: ignore[no-untyped-def]
-        return await self._command(context, "RecordAcceptance", request, rules.record_acceptance, request.acceptance)
+        return await self._command(
+            context, "RecordAcceptance", request, rules.record_acceptance, request.acceptance
+        )
 
     async def CompleteRectification(self, request, context):  # type: ignore[no-untyped-def]
-        return await self._command(context, "CompleteRectification", request, rules.complete_rectification, request.rectification)
+        return await self._command(
+            context,
+            "CompleteRectification",
+            request,
+            rules.complete_rectification,
+            request.rectification,
+        )
 
     async def PutIntoUse(self, request, context):  # type: ignore[no-untyped-def]
         return await self._command(context, "PutIntoUse", request, rules.put_into_use, request.use)
 
     async def FileChange(self, request, context):  # type: ignore[no-untyped-def]
-        return await self._command(context, "FileChange", request, rules.file_change, request.change)
+        return await self._command(
+            context, "FileChange", request, rules.file_change, request.change
+        )
 
     async def RelocateSystem(self, request, context):  # type: ignore[no-untyped-def]
-        return await self._command(context, "RelocateSystem", request, rules.relocate, request.relocation)
+        return await self._command(
+            context, "RelocateSystem", request, rules.relocate, request.relocation
+        )
 
     async def RemoveSystem(self, request, context):  # type: ignore[no-untyped-def]
         return await self._command(context, "RemoveSystem", request, rules.remove, request.removal)
 
     async def AttachArchive(self, request, context):  # type: ignore[no-untyped-def]
-        return await self._command(context, "AttachArchive", request, rules.attach_archive, request.archive)
+        return await self._command(
+            context, "AttachArchive", request, rules.attach_archive, request.archive
+        )
 
     async def RecordSignage(self, request, context):  # type: ignore[no-untyped-def]
-        return await self._command(context, "RecordSignage", request, rules.record_signage, request.signage)
+        return await self._command(
+            context, "RecordSignage", request, rules.record_signage, request.signage
+        )
 
     async def RegisterMonitoringPersonnel(self, request, context):  # type: ignore[no-untyped-def]
-        return await self._command(context, "RegisterMonitoringPersonnel", request, rules.register_personnel, request.person)
+        return await self._command(
+            context,
+            "RegisterMonitoringPersonnel",
+            request,
+            rules.register_personnel,
+            request.person,
+        )
 
     async def SetClassification(self, request, context):  # type: ignore[no-untyped-def]
-        return await self._command(context, "SetClassification", request, rules.set_classification, request.classification)
+        return await self._command(
+            context, "SetClassification", request, rules.set_classification, request.classification
+        )
 
     async def RecordInspection(self, request, context):  # type: ignore[no-untyped-def]
-        return await self._command(context, "RecordInspection", request, rules.record_inspection, request.inspection)
+        return await self._command(
+            context, "RecordInspection", request, rules.record_inspection, request.inspection
+        )
 
-    async def DeclareMandatorySite(self, request: reg.DeclareMandatorySiteRequest, context: grpc.aio.ServicerContext) -> reg.CommandResult:
+    async def DeclareMandatorySite(
+        self, request: reg.DeclareMandatorySiteRequest, context: grpc.aio.ServicerContext
+    ) -> reg.CommandResult:
         caller = authorise(context, "DeclareMandatorySite")
         return result(await self._r.declare_site(caller, request.declaration))
 
-    async def GetSystem(self, request: reg.GetSystemRequest, context: grpc.aio.ServicerContext) -> reg.SystemView:
+    async def GetSystem(
+        self, request: reg.GetSystemRequest, context: grpc.aio.ServicerContext
+    ) -> reg.SystemView:
         caller = authorise(context, "GetSystem")
         v.identifier(request.system_id, "system_id")
         doc = await self._r.system_doc(request.system_id)
@@ -121,10 +174,14 @@ class RegistryApi(reg_grpc.RegistryServiceServicer):
         view = view_of(doc)
         if caller.role == UNIT and view.managing_unit != caller.agency:
             # REG-10: basic information is confidential; only its unit and the police read it
-            raise PermissionDenied(f"basic information of {request.system_id} is not readable by {caller.agency}")
+            raise PermissionDenied(
+                f"basic information of {request.system_id} is not readable by {caller.agency}"
+            )
         return view
 
-    async def ListSystems(self, request: reg.ListSystemsRequest, context: grpc.aio.ServicerContext) -> reg.ListSystemsResponse:
+    async def ListSystems(
+        self, request: reg.ListSystemsRequest, context: grpc.aio.ServicerContext
+    ) -> reg.ListSystemsResponse:
         caller = authorise(context, "ListSystems")
         views = [view_of(d) for d in await self._r.system_docs()]
         unit = caller.agency if caller.role == UNIT else request.managing_unit
@@ -140,22 +197,35 @@ class RegistryApi(reg_grpc.RegistryServiceServicer):
         return reg.ListSystemsResponse(
             systems=[
                 reg.SystemSummary(
-                    system_id=s.system_id, name=s.name, managing_unit=s.managing_unit,
-                    state=s.state, camera_count=len(s.cameras), version=s.version,
+                    system_id=s.system_id,
+                    name=s.name,
+                    managing_unit=s.managing_unit,
+                    state=s.state,
+                    camera_count=len(s.cameras),
+                    version=s.version,
                 )
                 for s in page
-            ],  # fmt: skip
+            ],
             next_page_token=str(start + size) if more else "",
         )
 
-    async def SearchCameras(self, request: reg.SearchCamerasRequest, context: grpc.aio.ServicerContext) -> reg.SearchCamerasResponse:
+    async def SearchCameras(
+        self, request: reg.SearchCamerasRequest, context: grpc.aio.ServicerContext
+    ) -> reg.SearchCamerasResponse:
         authorise(context, "SearchCameras")
-        box = (request.min_longitude, request.min_latitude, request.max_longitude, request.max_latitude)
+        box = (
+            request.min_longitude,
+            request.min_latitude,
+            request.max_longitude,
+            request.max_latitude,
+        )
         if any(box):
             v.coordinates(box[0], box[1], "min corner")
             v.coordinates(box[2], box[3], "max corner")
             if box[0] > box[2] or box[1] > box[3]:
-                raise v.InvalidArgument("the bounding box's min corner must be below and left of its max corner")
+                raise InvalidArgument(
+                    "the bounding box's min corner must be below and left of its max corner"
+                )
         hits = [
             reg.CameraHit(system_id=s.system_id, camera=c)
             for s in (view_of(d) for d in await self._r.system_docs())
@@ -164,14 +234,20 @@ class RegistryApi(reg_grpc.RegistryServiceServicer):
             if c.address_code.startswith(request.address_code_prefix)
             and (not any(box) or (box[0] <= c.location.longitude <= box[2] and box[1] <= c.location.latitude <= box[3]))
         ]  # fmt: skip
-        start, size = _page([h.camera.camera_id for h in hits], request.page_size, request.page_token)
+        start, size = _page(
+            [h.camera.camera_id for h in hits], request.page_size, request.page_token
+        )
         more = start + size < len(hits)
         return reg.SearchCamerasResponse(
             cameras=hits[start : start + size], next_page_token=str(start + size) if more else ""
         )
 
-    async def ListFindings(self, request: reg.ListFindingsRequest, context: grpc.aio.ServicerContext) -> reg.ListFindingsResponse:
+    async def ListFindings(
+        self, request: reg.ListFindingsRequest, context: grpc.aio.ServicerContext
+    ) -> reg.ListFindingsResponse:
         authorise(context, "ListFindings")
         as_of = v.need_date(request.as_of, "as_of") if request.as_of else date.today()
         found = await self._r.findings(as_of)
-        return reg.ListFindingsResponse(findings=[f for f in found if not request.spec or f.spec == request.spec])
+        return reg.ListFindingsResponse(
+            findings=[f for f in found if not request.spec or f.spec == request.spec]
+        )

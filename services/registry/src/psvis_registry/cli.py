@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 from google.protobuf.message import Message
-
 from psvis.cli.client import add_connection_flags, channel, payload_from, run_rpc, to_json
 from psvis.registry.v1 import registry_pb2 as reg
 from psvis.registry.v1 import registry_pb2_grpc as reg_grpc
@@ -36,6 +35,8 @@ class Command:
 
 def on(field: str) -> Flag:
     return Flag("--on", field, "str", "date, e.g. 2024-03-01", True)
+
+
 COMMANDS = [
     Command("file", "file the system with the police (REG-1)", "FileSystem", reg.FileSystemRequest, "filing",
             (on("filed_on"), Flag("--agency", "receiving_agency", help="police agency receiving the filing", required=True),
@@ -103,9 +104,17 @@ def _add_flags(parser: argparse.ArgumentParser, flags: tuple[Flag, ...]) -> None
         if f.kind == "bool":
             parser.add_argument(f.flag, action="store_true", help=f.help)
         elif f.kind == "list":
-            parser.add_argument(f.flag, action="append", default=[], help=f.help + " (repeatable)", required=f.required)
+            parser.add_argument(
+                f.flag,
+                action="append",
+                default=[],
+                help=f.help + " (repeatable)",
+                required=f.required,
+            )
         else:
-            parser.add_argument(f.flag, type=float if f.kind == "float" else str, help=f.help, required=f.required)
+            parser.add_argument(
+                f.flag, type=float if f.kind == "float" else str, help=f.help, required=f.required
+            )
 
 
 def _payload_flags(parser: argparse.ArgumentParser) -> None:
@@ -117,11 +126,13 @@ def _stub(args: argparse.Namespace) -> reg_grpc.RegistryServiceStub:
     return reg_grpc.RegistryServiceStub(channel(args))
 
 
-def _print_result(args: argparse.Namespace, response: Message) -> None:
+def _print_result(args: argparse.Namespace, response: reg.CommandResult) -> None:
     if args.json:
         print(to_json(response))
     else:
-        print(f"ok: {response.stream_id} is at version {response.version} (event {response.event_id})")  # type: ignore[attr-defined]
+        print(
+            f"ok: {response.stream_id} is at version {response.version} (event {response.event_id})"
+        )
 
 
 def _run_command(command: Command, args: argparse.Namespace) -> int:
@@ -129,7 +140,7 @@ def _run_command(command: Command, args: argparse.Namespace) -> int:
     payload = payload_cls()
     _fill(payload, command.flags, args)
     if command.name == "archive" and args.document:
-        payload.sha256 = hashlib.sha256(Path(args.document).read_bytes()).hexdigest()  # type: ignore[attr-defined]
+        payload.sha256 = hashlib.sha256(Path(args.document).read_bytes()).hexdigest()  # type: ignore[attr-defined,unused-ignore]
     payload = payload_from(args, payload)
     request = command.request(system_id=args.system_id, expected_version=args.expected_version)
     getattr(request, command.payload_field).CopyFrom(payload)
@@ -144,7 +155,9 @@ def _register(args: argparse.Namespace) -> int:
     system = payload_from(args, reg.SystemRegistered())
 
     async def call() -> None:
-        _print_result(args, await _stub(args).RegisterSystem(reg.RegisterSystemRequest(system=system)))  # type: ignore[arg-type]
+        _print_result(
+            args, await _stub(args).RegisterSystem(reg.RegisterSystemRequest(system=system))
+        )
 
     return run_rpc(call)
 
@@ -153,7 +166,8 @@ def _declare_site(args: argparse.Namespace) -> int:
     declaration = payload_from(args, reg.MandatorySiteDeclared(declared_on=args.on))
 
     async def call() -> None:
-        request = reg.DeclareMandatorySiteRequest(declaration=declaration)  # type: ignore[arg-type]
+        request = reg.DeclareMandatorySiteRequest()
+        request.declaration.CopyFrom(declaration)
         _print_result(args, await _stub(args).DeclareMandatorySite(request))
 
     return run_rpc(call)
@@ -183,12 +197,20 @@ def _get(args: argparse.Namespace) -> int:
             print(to_json(view))
             return
         print(f"{view.system_id}  {view.name}  [{view.state}]  v{view.version}")
-        print(f"  unit {view.managing_unit}, operator {view.operator}; site {view.site.site_id} ({view.site.category}) {view.site.address} [{view.site.address_code}]")
-        print(f"  registered {view.registered_on or '-'}, filed {view.filed_on or '-'}, accepted {view.accepted_on or '-'}, in use {view.in_use_on or '-'}")
+        print(
+            f"  unit {view.managing_unit}, operator {view.operator}; site {view.site.site_id} ({view.site.category}) {view.site.address} [{view.site.address_code}]"
+        )
+        print(
+            f"  registered {view.registered_on or '-'}, filed {view.filed_on or '-'}, accepted {view.accepted_on or '-'}, in use {view.in_use_on or '-'}"
+        )
         for c in view.cameras:
             sign = "sign" if c.camera_id in view.signed_camera_ids else "no sign"
-            print(f"  camera {c.camera_id}: {c.device_type} at {c.place} ({c.location.longitude}, {c.location.latitude}) facing {c.orientation_deg:g}° [{sign}]")
-        print(f"  archives {len(view.archives)}, personnel {len(view.personnel)}, inspections {len(view.inspections)}, changes {len(view.changes)}")
+            print(
+                f"  camera {c.camera_id}: {c.device_type} at {c.place} ({c.location.longitude}, {c.location.latitude}) facing {c.orientation_deg:g}° [{sign}]"
+            )
+        print(
+            f"  archives {len(view.archives)}, personnel {len(view.personnel)}, inspections {len(view.inspections)}, changes {len(view.changes)}"
+        )
 
     return run_rpc(call)
 
@@ -204,7 +226,9 @@ def _list(args: argparse.Namespace) -> int:
         if not response.systems:
             print("no systems")
         for s in response.systems:
-            print(f"{s.system_id:20} {s.state:16} {s.camera_count:3} cameras  v{s.version:<4} {s.managing_unit:14} {s.name}")
+            print(
+                f"{s.system_id:20} {s.state:16} {s.camera_count:3} cameras  v{s.version:<4} {s.managing_unit:14} {s.name}"
+            )
 
     return run_rpc(call)
 
@@ -220,21 +244,27 @@ def _cameras(args: argparse.Namespace) -> int:
             return
         for hit in response.cameras:
             c = hit.camera
-            print(f"{hit.system_id:20} {c.camera_id:12} {c.device_type:10} {c.place:12} ({c.location.longitude}, {c.location.latitude}) {c.address_code}")
+            print(
+                f"{hit.system_id:20} {c.camera_id:12} {c.device_type:10} {c.place:12} ({c.location.longitude}, {c.location.latitude}) {c.address_code}"
+            )
 
     return run_rpc(call)
 
 
 def _findings(args: argparse.Namespace) -> int:
     async def call() -> None:
-        response = await _stub(args).ListFindings(reg.ListFindingsRequest(as_of=args.as_of or "", spec=args.spec or ""))
+        response = await _stub(args).ListFindings(
+            reg.ListFindingsRequest(as_of=args.as_of or "", spec=args.spec or "")
+        )
         if args.json:
             print(to_json(response))
             return
         if not response.findings:
             print("no findings")
         for f in response.findings:
-            print(f"{f.status:8} {f.spec:6} {f.article:16} {f.subject:22} since {f.since}: {f.detail}")
+            print(
+                f"{f.status:8} {f.spec:6} {f.article:16} {f.subject:22} since {f.since}: {f.detail}"
+            )
 
     return run_rpc(call)
 
@@ -243,7 +273,9 @@ def add_cli(sub: Any) -> None:
     parser = sub.add_parser("registry", help="file and manage video systems (REG)")
     commands = parser.add_subparsers(dest="sub", required=True, metavar="SUB")
 
-    p = commands.add_parser("register", help="register a video system with its cameras (REG-2, REG-4)")
+    p = commands.add_parser(
+        "register", help="register a video system with its cameras (REG-2, REG-4)"
+    )
     _payload_flags(p)
     add_connection_flags(p)
     p.set_defaults(run=_register)
@@ -254,7 +286,12 @@ def add_cli(sub: Any) -> None:
         _add_flags(p, command.flags)
         if command.name == "archive":
             p.add_argument("--document", help="a file whose SHA-256 to record")
-        p.add_argument("--expected-version", type=int, default=0, help="refuse if the system moved past this version")
+        p.add_argument(
+            "--expected-version",
+            type=int,
+            default=0,
+            help="refuse if the system moved past this version",
+        )
         _payload_flags(p)
         add_connection_flags(p)
         p.set_defaults(run=lambda a, c=command: _run_command(c, a))
@@ -270,13 +307,18 @@ def add_cli(sub: Any) -> None:
     add_connection_flags(p)
     p.set_defaults(run=_classify)
 
-    p = commands.add_parser("declare-site", help="declare a site of a mandatory category (REG-3; police); --data holds {\"site\": {...}}")
+    p = commands.add_parser(
+        "declare-site",
+        help='declare a site of a mandatory category (REG-3; police); --data holds {"site": {...}}',
+    )
     p.add_argument("--on", required=True, help="date")
     _payload_flags(p)
     add_connection_flags(p)
     p.set_defaults(run=_declare_site)
 
-    p = commands.add_parser("get", help="a system's basic information (REG-10: its unit or the police)")
+    p = commands.add_parser(
+        "get", help="a system's basic information (REG-10: its unit or the police)"
+    )
     p.add_argument("system_id")
     add_connection_flags(p)
     p.set_defaults(run=_get)
@@ -289,14 +331,20 @@ def add_cli(sub: Any) -> None:
     add_connection_flags(p)
     p.set_defaults(run=_list)
 
-    p = commands.add_parser("cameras", help="search cameras by address code and bounding box (police)")
+    p = commands.add_parser(
+        "cameras", help="search cameras by address code and bounding box (police)"
+    )
     p.add_argument("--address-code", help="address code prefix")
-    p.add_argument("--bbox", type=float, nargs=4, metavar=("MIN_LON", "MIN_LAT", "MAX_LON", "MAX_LAT"))
+    p.add_argument(
+        "--bbox", type=float, nargs=4, metavar=("MIN_LON", "MIN_LAT", "MAX_LON", "MAX_LAT")
+    )
     p.add_argument("--limit", type=int, default=100)
     add_connection_flags(p)
     p.set_defaults(run=_cameras)
 
-    p = commands.add_parser("findings", help="compliance findings with article (REG-1, 3, 7, 8, 9, 12)")
+    p = commands.add_parser(
+        "findings", help="compliance findings with article (REG-1, 3, 7, 8, 9, 12)"
+    )
     p.add_argument("--as-of", help="date to evaluate at (default today)")
     p.add_argument("--spec", help="only this requirement, e.g. REG-1")
     add_connection_flags(p)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from google.protobuf.message import Message
-
 from psvis.decision import Aggregate, Refused
 from psvis.errors import AlreadyExists, InvalidArgument, NotFound
 from psvis.registry.v1 import registry_pb2 as reg
@@ -79,7 +78,11 @@ def refusal_event(refused: Refused) -> Message:
     return reg.CommandRefused(command=refused.command, summary=refused.citation.reason)
 
 
-SYSTEM = Aggregate[SystemState](new=lambda sid: SystemState(sid.removeprefix("system-")), evolve=evolve, refusal_event=refusal_event)
+SYSTEM = Aggregate[SystemState](
+    new=lambda sid: SystemState(sid.removeprefix("system-")),
+    evolve=evolve,
+    refusal_event=refusal_event,
+)
 
 
 def system_stream(system_id: str) -> str:

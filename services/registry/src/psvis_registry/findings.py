@@ -8,6 +8,7 @@ from datetime import date, timedelta
 from psvis.readstore.port import Document
 from psvis.registry.v1 import registry_pb2 as reg
 from psvis.rulepack import RulePack
+
 from psvis_registry import domain
 from psvis_registry.projections import view_of
 from psvis_registry.rules import mandatory_categories
@@ -17,7 +18,9 @@ def _d(value: str) -> date | None:
     return date.fromisoformat(value) if value else None
 
 
-def finding(rule_id: str, pack: RulePack, subject: str, since: date, status: str, detail: str) -> reg.Finding:
+def finding(
+    rule_id: str, pack: RulePack, subject: str, since: date, status: str, detail: str
+) -> reg.Finding:
     rule = pack.rule(rule_id)
     return reg.Finding(
         spec=rule.spec, rule=rule.id, article=rule.article, subject=subject,
@@ -30,24 +33,30 @@ def filing_findings(doc: Document, pack: RulePack, as_of: date) -> Iterator[reg.
     view = view_of(doc)
     subject, filed = f"system-{view.system_id}", _d(view.filed_on)
     rule = pack.rule("filing.new_system")
-    start = _d({"accepted": view.accepted_on, "in_use": view.in_use_on}.get(rule.param("trigger", ""), ""))
+    start = _d(
+        {"accepted": view.accepted_on, "in_use": view.in_use_on}.get(rule.param("trigger", ""), "")
+    )
     if not rule.silent and start is not None and (pack.in_force is None or start >= pack.in_force):
         due = start + timedelta(days=int(rule.param("within_days", 0)))
         yield from _deadline("filing.new_system", pack, subject, due, filed, as_of)
     pre = pack.rule("filing.pre_existing")
     built = _d(doc.get("built_on", ""))
     if not pre.silent and doc.get("pre_existing") and built and built < pre.param("built_before"):
-        yield from _deadline("filing.pre_existing", pack, subject, pre.param("due_by"), filed, as_of)
+        yield from _deadline(
+            "filing.pre_existing", pack, subject, pre.param("due_by"), filed, as_of
+        )
 
 
 def _deadline(
     rule_id: str, pack: RulePack, subject: str, due: date, done: date | None, as_of: date
 ) -> Iterator[reg.Finding]:
     late_since = due + timedelta(days=1)
-    if done is not None and done <= due or as_of <= due:
+    if (done is not None and done <= due) or as_of <= due:
         return
     if done is not None and done <= as_of:
-        yield finding(rule_id, pack, subject, late_since, "resolved", f"filed late on {done}, due {due}")
+        yield finding(
+            rule_id, pack, subject, late_since, "resolved", f"filed late on {done}, due {due}"
+        )
     else:
         yield finding(rule_id, pack, subject, late_since, "open", f"not filed; due {due}")
 
@@ -65,11 +74,15 @@ def system_findings(doc: Document, pack: RulePack, as_of: date) -> Iterator[reg.
     have = {a.kind for a in view.archives if _d(a.attached_on) and _d(a.attached_on) <= as_of}  # type: ignore[operator]
     missing = [k for k in archives.param("required_kinds", []) if k not in have]
     if missing and not archives.silent:
-        yield finding("archives", pack, subject, in_use, "open", f"no archive of: {', '.join(missing)}")
+        yield finding(
+            "archives", pack, subject, in_use, "open", f"no archive of: {', '.join(missing)}"
+        )
     signage = pack.rule("signage")  # REG-8
     unsigned = sorted({c.camera_id for c in view.cameras} - set(view.signed_camera_ids))
     if signage.param("required", False) and unsigned:
-        yield finding("signage", pack, subject, in_use, "open", f"no sign at: {', '.join(unsigned)}")
+        yield finding(
+            "signage", pack, subject, in_use, "open", f"no sign at: {', '.join(unsigned)}"
+        )
     personnel = pack.rule("personnel")  # REG-9
     for person in view.personnel:
         if personnel.param("training_required", False) and not person.trained_on:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import date
+from typing import Any
 
 from google.protobuf.message import Message
-
 from psvis.decision import Decision, execute
 from psvis.envelope import Actor, NewEvent, RecordedEvent
 from psvis.errors import AlreadyExists, ConcurrencyConflict, PermissionDenied, RuleRefusal
@@ -14,6 +14,7 @@ from psvis.grpc_server import Caller
 from psvis.platform import Platform
 from psvis.registry.v1 import registry_pb2 as reg
 from psvis.rulepack import RulePack
+
 from psvis_registry import rules
 from psvis_registry.domain import SYSTEM, SystemState, site_stream, system_stream
 from psvis_registry.findings import all_findings
@@ -21,7 +22,7 @@ from psvis_registry.projections import SITES, SYSTEMS
 
 UNIT, POLICE = "management_unit", "police"
 
-Decide = Callable[[SystemState, Message, RulePack], Decision]
+Decide = Callable[[SystemState, Any, RulePack], Decision]
 
 
 class Registry:
@@ -55,7 +56,11 @@ class Registry:
         return await self._run(caller, system_id, decided, expected)
 
     async def _run(
-        self, caller: Caller, system_id: str, decide: Callable[[SystemState], Decision], expected: int
+        self,
+        caller: Caller,
+        system_id: str,
+        decide: Callable[[SystemState], Decision],
+        expected: int,
     ) -> RecordedEvent:
         try:
             recorded = await execute(

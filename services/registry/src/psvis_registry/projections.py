@@ -6,11 +6,11 @@ from typing import Any
 
 from google.protobuf.json_format import MessageToDict, ParseDict
 from google.protobuf.message import Message
-
 from psvis.common.v1 import envelope_pb2 as pb
 from psvis.projection import StreamProjection
 from psvis.readstore.port import Document
 from psvis.registry.v1 import registry_pb2 as reg
+
 from psvis_registry import domain
 
 SYSTEMS, SITES = "registry.systems", "registry.sites"

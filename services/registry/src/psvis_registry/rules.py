@@ -9,6 +9,7 @@ from psvis.decision import Accepted, Decision, Refused
 from psvis.errors import InvalidArgument
 from psvis.registry.v1 import registry_pb2 as reg
 from psvis.rulepack import ParamSpec, RulePack
+
 from psvis_registry.domain import (
     ACCEPTANCE_READY,
     ACCEPTED,
@@ -31,7 +32,9 @@ PLACES = frozenset(
     }
 )  # fmt: skip
 CHANGE_ATTRIBUTES = frozenset({"position", "function", "orientation"})
-ARCHIVE_KINDS = frozenset({"design", "construction", "acceptance", "maintenance", "units_and_technicians"})
+ARCHIVE_KINDS = frozenset(
+    {"design", "construction", "acceptance", "maintenance", "units_and_technicians"}
+)
 INSPECTION_OUTCOMES = frozenset({"passed", "rectification_ordered", "failed"})
 
 NEEDS = [
@@ -57,7 +60,9 @@ NEEDS = [
 
 def mandatory_categories(pack: RulePack) -> dict[str, str]:
     rule = pack.rule("sites.mandatory")
-    return {} if rule.silent else {c["category"]: c["article"] for c in rule.param("categories", [])}
+    return (
+        {} if rule.silent else {c["category"]: c["article"] for c in rule.param("categories", [])}
+    )
 
 
 def _site(site: reg.Site, field: str, pack: RulePack) -> None:
@@ -114,7 +119,9 @@ def file_system(state: SystemState, cmd: reg.SystemFiled, pack: RulePack) -> Dec
     v.need_date(cmd.filed_on, "filing.filed_on")
     v.required(cmd.receiving_agency, "filing.receiving_agency")
     rule = pack.rule("filing.new_system")  # REG-1: the filing holds what the city lists
-    missing = [] if rule.silent else [c for c in rule.param("contents", []) if c not in cmd.contents]
+    missing = (
+        [] if rule.silent else [c for c in rule.param("contents", []) if c not in cmd.contents]
+    )
     if missing:
         return Refused("FileSystem", rule.cite(f"the filing lacks {', '.join(missing)}"))
     return Accepted(cmd)
@@ -215,7 +222,9 @@ def _move_timing(
             return Refused(command, rule.cite(reason))
         return None
     if rule.param("needs_consent_of") and not cmd.consent_ref:
-        return Refused(command, rule.cite(f"needs the consent of the {rule.param('needs_consent_of')}"))
+        return Refused(
+            command, rule.cite(f"needs the consent of the {rule.param('needs_consent_of')}")
+        )
     timing, days = rule.param("timing"), rule.param("days", 0)
     if timing in ("report_before", "file_before", "approval_before", "consent_before"):
         if reported is None:

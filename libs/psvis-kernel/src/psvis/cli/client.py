@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.json_format import MessageToDict, ParseDict
@@ -17,15 +17,28 @@ from google.protobuf.message import Message
 
 from psvis.grpc_server import channel_credentials
 
+M = TypeVar("M", bound=Message)
+
 
 def add_connection_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("connection")
-    group.add_argument("--server", default=os.environ.get("PSVIS_SERVER", "localhost:50051"),
-                       help="host:port of the platform (env PSVIS_SERVER; default %(default)s)")
-    group.add_argument("--as", dest="identity", default=os.environ.get("PSVIS_IDENTITY", "dev-unit"),
-                       help="client certificate to act as, a name in the PKI folder (default %(default)s)")
-    group.add_argument("--pki", type=Path, default=Path(os.environ.get("PSVIS_PKI", ".psvis/pki")),
-                       help="folder with ca.crt and <name>.crt/.key (default %(default)s)")
+    group.add_argument(
+        "--server",
+        default=os.environ.get("PSVIS_SERVER", "localhost:50051"),
+        help="host:port of the platform (env PSVIS_SERVER; default %(default)s)",
+    )
+    group.add_argument(
+        "--as",
+        dest="identity",
+        default=os.environ.get("PSVIS_IDENTITY", "dev-unit"),
+        help="client certificate to act as, a name in the PKI folder (default %(default)s)",
+    )
+    group.add_argument(
+        "--pki",
+        type=Path,
+        default=Path(os.environ.get("PSVIS_PKI", ".psvis/pki")),
+        help="folder with ca.crt and <name>.crt/.key (default %(default)s)",
+    )
     group.add_argument("--json", action="store_true", help="print JSON instead of text")  # fmt: skip
 
 
@@ -34,15 +47,19 @@ def channel(args: argparse.Namespace) -> grpc.aio.Channel:
     cert, key = pki / f"{args.identity}.crt", pki / f"{args.identity}.key"
     for path in (pki / "ca.crt", cert, key):
         if not path.exists():
-            raise SystemExit(f"error: {path} not found; start the platform once (make run) or pass --pki")
+            raise SystemExit(
+                f"error: {path} not found; start the platform once (make run) or pass --pki"
+            )
     return grpc.aio.secure_channel(args.server, channel_credentials(pki / "ca.crt", cert, key))
 
 
 def to_json(message: Message) -> str:
-    return json.dumps(MessageToDict(message, preserving_proto_field_name=True), indent=2, ensure_ascii=False)
+    return json.dumps(
+        MessageToDict(message, preserving_proto_field_name=True), indent=2, ensure_ascii=False
+    )
 
 
-def payload_from(args: argparse.Namespace, message: Message) -> Message:
+def payload_from(args: argparse.Namespace, message: M) -> M:
     """--file/--data JSON (proto field names) merged under the flags already set on message."""
     text = None
     if getattr(args, "file", None):
@@ -54,7 +71,9 @@ def payload_from(args: argparse.Namespace, message: Message) -> Message:
         try:
             ParseDict(json.loads(text), base)
         except (ValueError, json.JSONDecodeError) as e:
-            raise SystemExit(f"error: the JSON payload does not fit {base.DESCRIPTOR.name}: {e}") from None
+            raise SystemExit(
+                f"error: the JSON payload does not fit {base.DESCRIPTOR.name}: {e}"
+            ) from None
         base.MergeFrom(message)
         return base
     return message

@@ -9,6 +9,7 @@ import logging
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -22,7 +23,15 @@ console = Console(stderr=True, soft_wrap=True)
 
 def _settings(args: argparse.Namespace) -> Settings:
     s = Settings()
-    for name in ("data_dir", "city", "listen", "backend", "kafka_bootstrap", "mongo_url", "namespace"):
+    for name in (
+        "data_dir",
+        "city",
+        "listen",
+        "backend",
+        "kafka_bootstrap",
+        "mongo_url",
+        "namespace",
+    ):
         value = getattr(args, name, None)
         if value:
             setattr(s, name, value)
@@ -30,11 +39,19 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _store_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-dir", type=Path, help="embedded data folder (env PSVIS_DATA_DIR; default .psvis)")
-    parser.add_argument("--backend", choices=["embedded", "distributed"], help="env PSVIS_BACKEND; default embedded")
-    parser.add_argument("--kafka-bootstrap", help="distributed: Kafka bootstrap servers (env PSVIS_KAFKA_BOOTSTRAP)")
+    parser.add_argument(
+        "--data-dir", type=Path, help="embedded data folder (env PSVIS_DATA_DIR; default .psvis)"
+    )
+    parser.add_argument(
+        "--backend", choices=["embedded", "distributed"], help="env PSVIS_BACKEND; default embedded"
+    )
+    parser.add_argument(
+        "--kafka-bootstrap", help="distributed: Kafka bootstrap servers (env PSVIS_KAFKA_BOOTSTRAP)"
+    )
     parser.add_argument("--mongo-url", help="distributed: MongoDB URL (env PSVIS_MONGO_URL)")
-    parser.add_argument("--namespace", help="distributed: topic and collection prefix (default psvis)")
+    parser.add_argument(
+        "--namespace", help="distributed: topic and collection prefix (default psvis)"
+    )
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -45,13 +62,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     def ready(p: RunningPlatform) -> None:
         host = settings.listen.rsplit(":", 1)[0]
         pki = settings.pki_dir
-        console.print(f"[bold green]psvis is serving[/] on {host}:{p.port} (mutual TLS, city pack: {settings.city}, backend: {settings.backend})")
+        console.print(
+            f"[bold green]psvis is serving[/] on {host}:{p.port} (mutual TLS, city pack: {settings.city}, backend: {settings.backend})"
+        )
         console.print(f"  data:         {settings.data_dir.resolve()}")
-        console.print(f"  certificates: {pki.resolve()} (dev CA; clients dev-unit, dev-unit-2, dev-police, dev-auditor)")
+        console.print(
+            f"  certificates: {pki.resolve()} (dev CA; clients dev-unit, dev-unit-2, dev-police, dev-auditor)"
+        )
         console.print("  try:          .venv/bin/psvis registry list --as dev-police")
         console.print("  stop with Ctrl-C")
 
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     try:
         asyncio.run(serve(settings, ready))
     except (RulePackError, RuntimeError, ValueError) as e:
@@ -67,7 +91,8 @@ def cmd_rules_check(args: argparse.Namespace) -> int:
         console.print("[red]error:[/] no rule packs given and none in ./rules")
         return 2
     needs = [n for s in discover_services() for n in s.needs]
-    report, failed = [], False
+    report: list[dict[str, Any]] = []
+    failed = False
     for path in paths:
         try:
             pack = load_pack(Path(path))
@@ -83,7 +108,9 @@ def cmd_rules_check(args: argparse.Namespace) -> int:
     else:
         for r in report:
             mark = "[green]ok[/]" if r["ok"] else "[red]FAILED[/]"
-            console.print(f"{mark} {r['pack']}: {r['rules']} rules, silent: {', '.join(r['silent']) or 'none'}")
+            console.print(
+                f"{mark} {r['pack']}: {r['rules']} rules, silent: {', '.join(r['silent']) or 'none'}"
+            )
             for p in r["problems"]:
                 console.print(f"    - {p}")
     return 1 if failed else 0
@@ -107,7 +134,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         console.print(f"[red]error:[/] notary public key: {e}")
         return 2
 
-    async def run() -> dict[str, object]:
+    async def run() -> dict[str, Any]:
         stores = await open_stores(settings)
         try:
             total = await stores.events.log_size()
@@ -125,11 +152,13 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     elif report["ok"]:
         console.print(f"[green]OK[/] {report['log_id']}: {report['events_checked']} events in {report['streams']} streams, "
                       f"{report['checkpoints_checked']} signed checkpoints covering {report['notarised_size']}")  # fmt: skip
-        for w in report["warnings"]:  # type: ignore[attr-defined]
+        for w in report["warnings"]:
             console.print(f"  note: {w}")
     else:
         f = report["failure"]
-        console.print(f"[red]FAILED[/] {report['log_id']} at offset {f['offset']}: {f['check']}: {f['detail']}")  # type: ignore[index]
+        console.print(
+            f"[red]FAILED[/] {report['log_id']} at offset {f['offset']}: {f['check']}: {f['detail']}"
+        )
     return 0 if report["ok"] else 1
 
 
@@ -137,7 +166,9 @@ def _parse_time(text: str) -> datetime:
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
-        raise SystemExit(f"error: --until {text!r} is not a time like 2024-03-01 or 2024-03-01T12:00:00+08:00") from None
+        raise SystemExit(
+            f"error: --until {text!r} is not a time like 2024-03-01 or 2024-03-01T12:00:00+08:00"
+        ) from None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
@@ -161,7 +192,12 @@ def cmd_audit_replay(args: argparse.Namespace) -> int:
                                       into=args.into or ":memory:", progress=lambda n: bar.advance(task, n))  # fmt: skip
             models = {c: dict(await result.reads.list(c)) for c in collections}
             await result.db.close()
-            return {"until": args.until or "", "position": result.position, "digest": result.digest, "read_models": models}
+            return {
+                "until": args.until or "",
+                "position": result.position,
+                "digest": result.digest,
+                "read_models": models,
+            }
         finally:
             await stores.close()
 
@@ -169,12 +205,16 @@ def cmd_audit_replay(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(out, indent=2, ensure_ascii=False, sort_keys=True))
         return 0
-    console.print(f"replayed to offset {out['position']}{' (until ' + args.until + ')' if args.until else ''}; digest {out['digest']}")
+    console.print(
+        f"replayed to offset {out['position']}{' (until ' + args.until + ')' if args.until else ''}; digest {out['digest']}"
+    )
     for coll, docs in out["read_models"].items():  # type: ignore[attr-defined]
         console.print(f"[bold]{coll}[/]: {len(docs)}")
         for key, doc in docs.items():
             view = doc.get("view") or doc
-            console.print(f"  {key}: {view.get('state', '')} {view.get('name', '')} v{view.get('version', '')}")
+            console.print(
+                f"  {key}: {view.get('state', '')} {view.get('name', '')} v{view.get('version', '')}"
+            )
     return 0
 
 
@@ -194,31 +234,49 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the whole platform (embedded by default)")
     _store_flags(serve)
     serve.add_argument("--city", help="rule pack to apply (env PSVIS_CITY; default wuhan)")
-    serve.add_argument("--listen", help="host:port for gRPC (env PSVIS_LISTEN; default 127.0.0.1:50051)")
+    serve.add_argument(
+        "--listen", help="host:port for gRPC (env PSVIS_LISTEN; default 127.0.0.1:50051)"
+    )
     serve.add_argument("-v", "--verbose", action="store_true", help="log at INFO")
     serve.set_defaults(run=cmd_serve)
 
-    rules = sub.add_parser("rules", help="jurisdiction rule packs").add_subparsers(dest="sub", required=True, metavar="SUB")
+    rules = sub.add_parser("rules", help="jurisdiction rule packs").add_subparsers(
+        dest="sub", required=True, metavar="SUB"
+    )
     check = rules.add_parser("check", help="validate rule packs (default: rules/*.toml)")
     check.add_argument("packs", nargs="*", type=Path, help="pack files")
     check.add_argument("--json", action="store_true", help="print a JSON report")
     check.set_defaults(run=cmd_rules_check)
 
-    audit = sub.add_parser("audit", help="verify and replay the event log").add_subparsers(dest="sub", required=True, metavar="SUB")
-    verify = audit.add_parser("verify", help="check hashes, links, versions and signed checkpoints; exit 1 on failure")
+    audit = sub.add_parser("audit", help="verify and replay the event log").add_subparsers(
+        dest="sub", required=True, metavar="SUB"
+    )
+    verify = audit.add_parser(
+        "verify", help="check hashes, links, versions and signed checkpoints; exit 1 on failure"
+    )
     _store_flags(verify)
-    verify.add_argument("--key", action="append", help="trusted notary public key (PEM); default: the data folder's")
+    verify.add_argument(
+        "--key", action="append", help="trusted notary public key (PEM); default: the data folder's"
+    )
     verify.add_argument("--json", action="store_true", help="print the JSON report")
     verify.set_defaults(run=cmd_audit_verify)
-    rep = audit.add_parser("replay", help="rebuild the read models from the log, as they were at --until")
+    rep = audit.add_parser(
+        "replay", help="rebuild the read models from the log, as they were at --until"
+    )
     _store_flags(rep)
     rep.add_argument("--until", help="a time (ISO 8601); events recorded later are left out")
-    rep.add_argument("--into", help="SQLite file to keep the rebuilt read models in (default: memory)")
+    rep.add_argument(
+        "--into", help="SQLite file to keep the rebuilt read models in (default: memory)"
+    )
     rep.add_argument("--json", action="store_true", help="print the rebuilt read models as JSON")
     rep.set_defaults(run=cmd_audit_replay)
 
-    certs = sub.add_parser("certs", help="development certificates").add_subparsers(dest="sub", required=True, metavar="SUB")
-    issue = certs.add_parser("issue", help="issue a client certificate from the data folder's dev CA")
+    certs = sub.add_parser("certs", help="development certificates").add_subparsers(
+        dest="sub", required=True, metavar="SUB"
+    )
+    issue = certs.add_parser(
+        "issue", help="issue a client certificate from the data folder's dev CA"
+    )
     issue.add_argument("agency")
     issue.add_argument("role", choices=["management_unit", "police", "auditor"])
     issue.add_argument("--data-dir", type=Path)

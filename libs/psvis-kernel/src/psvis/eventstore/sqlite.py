@@ -30,6 +30,7 @@ CREATE TABLE IF NOT EXISTS stream_heads (
 );
 """
 
+
 class SqliteEventStore:
     def __init__(
         self, db: SqliteDatabase, clock: Clock, ids: IdSource, log_id: str = "psvis.events/0"

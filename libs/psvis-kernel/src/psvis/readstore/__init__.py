@@ -2,4 +2,4 @@
 
 from psvis.readstore.port import Document, ReadStore, Write, canonical_digest
 
-__all__ = ["Document", "ReadStore", "canonical_digest", "Write"]
+__all__ = ["Document", "ReadStore", "Write", "canonical_digest"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-
 from collections.abc import Sequence
 
 from psvis.readstore.port import Document, Write, canonical_json
