@@ -26,11 +26,12 @@ proto: $(STAMP) ## generate the protobuf and gRPC code from proto/
 run: setup ## start the whole platform embedded (SQLite, loopback, dev certificates)
 	@.venv/bin/psvis serve
 
-lint: setup ## ruff, buf lint and buf breaking against the committed contracts
+lint: setup ## ruff, buf lint, buf breaking, and the rule packs (psvis rules check)
 	@.venv/bin/ruff check .
 	@.venv/bin/ruff format --check .
 	@"$$(scripts/install-buf.sh)" lint
 	@scripts/buf-breaking.sh "$$(scripts/install-buf.sh)"
+	@.venv/bin/psvis rules check
 
 typecheck: setup ## mypy --strict on the kernel and the services
 	@.venv/bin/mypy libs/psvis-kernel/src/psvis services/registry/src/psvis_registry
@@ -39,8 +40,8 @@ unit: setup ## unit and embedded tests only (no Kafka, no MongoDB)
 	@$(PY) -m pytest -m "not distributed" -q
 
 test: setup lint typecheck ## everything: lint, types, unit, integration and e2e on both stacks
-	@scripts/services.sh start
-	@source .run/services/env && $(PY) -m pytest -q; rc=$$?; scripts/services.sh stop; exit $$rc
+	@scripts/services.sh start >/dev/null
+	@source .run/services/env && $(PY) -m pytest; rc=$$?; scripts/services.sh stop; exit $$rc
 
 bench: setup ## benchmarks, side by side with their baselines
 	@$(PY) bench/run_all.py
