@@ -20,7 +20,9 @@ START = datetime(2024, 3, 1, 8, 0, tzinfo=UTC)
 
 def note(text: str, clock: FixedClock) -> NewEvent:
     """A small event; the kernel does not care what the payload is."""
-    return NewEvent(pb.Citation(rule="test", reason=text), clock.now(), Actor("unit-a", ("officer-1",)))
+    return NewEvent(
+        pb.Citation(rule="test", reason=text), clock.now(), Actor("unit-a", ("officer-1",))
+    )
 
 
 @dataclass

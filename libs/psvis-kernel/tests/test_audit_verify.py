@@ -9,10 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
-
+from kernel_fixtures import Log, build_log, note
 from psvis.audit import verify_store
 from psvis.signing import Signer
-from kernel_fixtures import Log, build_log, note
 
 
 async def verify(log: Log, signer: Signer | None = None) -> dict:
@@ -100,7 +99,9 @@ async def test_aud1_forged_checkpoint_signature_fails(tmp_path: Path) -> None:
     assert not report["ok"] and report["failure"]["check"] == "checkpoint-key"
 
 
-async def test_aud1_changed_event_after_the_last_checkpoint_breaks_its_chain(tmp_path: Path) -> None:
+async def test_aud1_changed_event_after_the_last_checkpoint_breaks_its_chain(
+    tmp_path: Path,
+) -> None:
     log = await build_log(tmp_path)
     for text in ("late 1", "late 2"):
         head = await log.store.head("s-0")
@@ -119,7 +120,16 @@ def test_aud2_cli_exits_non_zero_and_names_the_offset(tmp_path: Path) -> None:
 
     log = asyncio.run(build_log(tmp_path))
     asyncio.run(log.db.close())
-    psvis = [sys.executable, "-m", "psvis.cli.main", "audit", "verify", "--data-dir", str(tmp_path), "--json"]
+    psvis = [
+        sys.executable,
+        "-m",
+        "psvis.cli.main",
+        "audit",
+        "verify",
+        "--data-dir",
+        str(tmp_path),
+        "--json",
+    ]
     ok = subprocess.run(psvis, capture_output=True, text=True, check=False)
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["ok"] is True

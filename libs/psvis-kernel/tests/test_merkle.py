@@ -4,7 +4,6 @@ import hashlib
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from psvis.merkle import EMPTY_ROOT, MerkleTree, decode_frontier, encode_frontier, root_of
 
 
@@ -17,7 +16,9 @@ def reference_root(leaves: list[bytes]) -> bytes:
     k = 1
     while k * 2 < len(leaves):
         k *= 2
-    return hashlib.sha256(b"\x01" + reference_root(leaves[:k]) + reference_root(leaves[k:])).digest()
+    return hashlib.sha256(
+        b"\x01" + reference_root(leaves[:k]) + reference_root(leaves[k:])
+    ).digest()
 
 
 def leaves(n: int) -> list[bytes]:

@@ -7,16 +7,17 @@ from pathlib import Path
 from typing import Any
 
 from google.protobuf.message import Message
-
+from kernel_fixtures import START, build_log
 from psvis.audit import replay
 from psvis.common.v1 import envelope_pb2 as pb
 from psvis.projection import ProjectionRunner, StreamProjection
 from psvis.readstore.port import canonical_digest
 from psvis.readstore.sqlite import SqliteReadStore
-from kernel_fixtures import START, build_log
 
 
-def count_notes(doc: dict[str, Any] | None, event: Message, env: pb.EventEnvelope) -> dict[str, Any]:
+def count_notes(
+    doc: dict[str, Any] | None, event: Message, env: pb.EventEnvelope
+) -> dict[str, Any]:
     doc = dict(doc or {"notes": 0, "last": ""})
     doc["notes"] += 1
     doc["last"] = event.reason  # type: ignore[attr-defined]
