@@ -3,8 +3,9 @@
 
     _probe.py freeports N          print N distinct free loopback TCP ports
     _probe.py portfree PORT        exit 0 if 127.0.0.1:PORT can be bound
-    _probe.py kafka HOST PORT      exit 0 if a Kafka Metadata request succeeds
-                                   and lists at least one live broker
+    _probe.py kafka HOST PORT      exit 0 if a Kafka Metadata request lists a live
+                                   broker and the group and transaction
+                                   coordinators are available
     _probe.py mongo HOST PORT      exit 0 if a MongoDB OP_MSG `ping` returns ok: 1
 
 Probe failures print one line on stderr and exit 1.
@@ -105,6 +106,26 @@ def kafka_metadata(host: str, port: int) -> list[tuple[int, str, int]]:
     return brokers
 
 
+def kafka_find_coordinator(host: str, port: int, key: str, key_type: int) -> int:
+    """FindCoordinator v1 (key_type 0 = consumer group, 1 = transactional id).
+
+    Returns the error code (0 = coordinator available). The first request for a
+    key type makes the broker create __consumer_offsets / __transaction_state.
+    """
+    client_id = b"psvis-probe"
+    k = key.encode()
+    req = struct.pack(">hhih", 10, 1, 2, len(client_id)) + client_id + struct.pack(">h", len(k)) + k + struct.pack(">b", key_type)
+    with socket.create_connection((host, port), timeout=TIMEOUT) as s:
+        s.settimeout(TIMEOUT)
+        s.sendall(struct.pack(">i", len(req)) + req)
+        (size,) = struct.unpack(">i", _recv_exact(s, 4))
+        resp = _recv_exact(s, size)
+    corr, _throttle, error_code = struct.unpack_from(">iih", resp, 0)
+    if corr != 2:
+        raise ValueError(f"unexpected correlation id {corr}")
+    return error_code
+
+
 # --- MongoDB ---------------------------------------------------------------
 
 
@@ -198,6 +219,14 @@ def main(argv: list[str]) -> int:
             if not brokers:
                 print("kafka: metadata lists no brokers yet", file=sys.stderr)
                 return 1
+            # Also wait for the group and transaction coordinators, so that the
+            # first consumer group / transactional producer of a test does not
+            # race the creation of the internal topics.
+            for key_type, what in ((0, "group"), (1, "transaction")):
+                err = kafka_find_coordinator(host, port, "psvis-probe", key_type)
+                if err:
+                    print(f"kafka: {what} coordinator not available yet (error {err})", file=sys.stderr)
+                    return 1
             return 0
         if cmd == "mongo":
             reply = mongo_command(argv[2], int(argv[3]), {"ping": 1})

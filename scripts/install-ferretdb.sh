@@ -36,7 +36,7 @@ src="$(cd "$tmpmod" && go mod download -json "github.com/FerretDB/FerretDB@$FERR
 [[ -d "$src" ]] || die "module source dir '$src' missing"
 
 build="$dest/src"
-rm -rf "$build" "$dest/bin" "$stamp"
+rm -rf "${build:?}" "${dest:?}/bin" "$stamp"
 mkdir -p "$dest/bin"
 cp -r "$src" "$build"
 chmod -R u+w "$build"

@@ -87,9 +87,9 @@ log "resolving kafka_$SCALA_BINARY_VERSION $KAFKA_VERSION jars from Maven Centra
     -DoutputDirectory="$libs.tmp" -DincludeScope=runtime 2>&1 |
     sed -e 's/\x1b\[[0-9;]*m//g' -e '/^[[:space:]]*$/d' >&2) ||
     die "maven failed to resolve the Kafka classpath (pom: $dest/pom.xml)"
-ls "$libs.tmp"/kafka_"$SCALA_BINARY_VERSION"-"$KAFKA_VERSION".jar >/dev/null ||
+[[ -f "$libs.tmp/kafka_$SCALA_BINARY_VERSION-$KAFKA_VERSION.jar" ]] ||
     die "kafka_$SCALA_BINARY_VERSION-$KAFKA_VERSION.jar missing from $libs.tmp"
 mv "$libs.tmp" "$libs"
 touch "$stamp"
-log "installed Kafka $KAFKA_VERSION classpath ($(du -sh "$libs" | cut -f1), $(ls "$libs" | wc -l) jars)"
+log "installed Kafka $KAFKA_VERSION classpath ($(du -sh "$libs" | cut -f1), $(find "$libs" -name "*.jar" | wc -l) jars)"
 echo "$libs"
