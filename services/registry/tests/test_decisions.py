@@ -82,8 +82,9 @@ def test_reg5_failed_acceptance_needs_rectification_then_reacceptance(pack: Rule
     assert isinstance(rules.record_acceptance(state, again, pack), Accepted)
 
 
-def test_reg5_xian_requires_a_passed_design_review_before_building() -> None:
-    state = registered(xian())
+def test_reg5_xian_requires_a_passed_design_review_at_mandatory_sites() -> None:
+    state = SystemState("sys-1")
+    evolve(state, system(category=next(iter(rules.mandatory_categories(xian())))))
     decision = rules.complete_construction(
         state, reg.ConstructionCompleted(completed_on="2024-02-01"), xian()
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -10,7 +12,7 @@ from typing import Generic, TypeVar
 from google.protobuf.message import Message
 
 from psvis.envelope import Actor, NewEvent, RecordedEvent
-from psvis.errors import Citation, ConcurrencyConflict, InvalidArgument, RuleRefusal
+from psvis.errors import Citation, ConcurrencyConflict, InvalidArgument, RuleRefusal, Unavailable
 from psvis.eventstore.port import EventStore
 from psvis.payloads import decode_payload
 
@@ -60,14 +62,14 @@ async def execute(
     occurred_at: datetime,
     expected_version: int = 0,
     trace: dict[str, str] | None = None,
-    attempts: int = 20,
+    attempts: int = 100,
 ) -> RecordedEvent:
     """Decide against the current state and append; retry the whole decision on a race.
 
     expected_version > 0 pins the version the caller read: if the stream moved on, the
     command fails with ConcurrencyConflict instead of being re-decided.
     """
-    for _ in range(attempts):
+    for attempt in range(attempts):
         state, version = await load(store, kind, stream_id)
         if expected_version and expected_version != version:
             raise ConcurrencyConflict(stream_id, expected_version, version)
@@ -80,11 +82,12 @@ async def execute(
         except ConcurrencyConflict:
             if expected_version:
                 raise
+            await asyncio.sleep(random.random() * 0.002 * attempt)  # jitter: let the winner settle
             continue
         if refusal is not None:
             raise RuleRefusal(refusal, stream_id=stream_id, version=recorded.version)
         return recorded
-    raise ConcurrencyConflict(stream_id, -1, -1)
+    raise Unavailable(f"stream {stream_id} is too busy: gave up after {attempts} attempts; retry")
 
 
 def require(condition: bool, message: str) -> None:

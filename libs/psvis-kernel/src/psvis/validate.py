@@ -7,13 +7,14 @@ from datetime import date
 
 from psvis.errors import InvalidArgument
 
-IDENTIFIER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
-SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
-ADDRESS_CODE = re.compile(r"^[0-9A-Za-z]{1,32}$")
+IDENTIFIER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+ADDRESS_CODE = re.compile(r"[0-9A-Za-z]{1,32}")
+CALENDAR_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
 def identifier(value: str, field: str) -> str:
-    if not IDENTIFIER.match(value):
+    if not IDENTIFIER.fullmatch(value):
         raise InvalidArgument(
             f"{field} {value!r} must be 1-64 letters, digits, '.', '_', ':' or '-', "
             "starting with a letter or digit"
@@ -33,6 +34,8 @@ def iso_date(value: str, field: str, *, optional: bool = False) -> date | None:
     if not value and optional:
         return None
     try:
+        if not CALENDAR_DATE.fullmatch(value):
+            raise ValueError(value)
         return date.fromisoformat(value)
     except ValueError:
         raise InvalidArgument(f"{field} {value!r} is not a date like 2024-03-01") from None
@@ -45,13 +48,13 @@ def need_date(value: str, field: str) -> date:
 
 
 def sha256_hex(value: str, field: str) -> str:
-    if not SHA256_HEX.match(value):
+    if not SHA256_HEX.fullmatch(value):
         raise InvalidArgument(f"{field} must be 64 lowercase hex digits (a SHA-256)")
     return value
 
 
 def address_code(value: str, field: str) -> str:
-    if not ADDRESS_CODE.match(value):
+    if not ADDRESS_CODE.fullmatch(value):
         raise InvalidArgument(f"{field} {value!r} must be 1-32 letters or digits")
     return value
 

@@ -61,15 +61,36 @@ def _deadline(
         yield finding(rule_id, pack, subject, late_since, "open", f"not filed; due {due}")
 
 
+def _on_or_before(value: str, as_of: date) -> bool:
+    day = _d(value)
+    return day is not None and day <= as_of
+
+
+def relocation_findings(doc: Document, pack: RulePack, as_of: date) -> Iterator[reg.Finding]:
+    """REG-6, e.g. Xi'an 19: a move reported later than the days after it that the city allows."""
+    rule = pack.rule("relocation")
+    if rule.silent or rule.param("timing") != "report_after" or not rule.param("days", 0):
+        return
+    subject = f"system-{doc['view']['system_id']}"
+    for move in doc.get("relocations", []):
+        moved = date.fromisoformat(move["relocated_on"])
+        due = moved + timedelta(days=int(rule.param("days")))
+        yield from _deadline(
+            "relocation", pack, subject, due, _d(move.get("reported_on", "")), as_of
+        )
+
+
 def system_findings(doc: Document, pack: RulePack, as_of: date) -> Iterator[reg.Finding]:
     view = view_of(doc)
     if not view.system_id or view.state == domain.REMOVED:
         return
+    subject = f"system-{view.system_id}"
     yield from filing_findings(doc, pack, as_of)
+    yield from relocation_findings(doc, pack, as_of)
+    yield from inspection_findings(view, pack, subject, as_of)
     in_use = _d(view.in_use_on)
     if view.state != domain.IN_USE or in_use is None or in_use > as_of:
         return
-    subject = f"system-{view.system_id}"
     archives = pack.rule("archives")  # REG-7
     have = {a.kind for a in view.archives if _d(a.attached_on) and _d(a.attached_on) <= as_of}  # type: ignore[operator]
     missing = [k for k in archives.param("required_kinds", []) if k not in have]
@@ -78,20 +99,24 @@ def system_findings(doc: Document, pack: RulePack, as_of: date) -> Iterator[reg.
             "archives", pack, subject, in_use, "open", f"no archive of: {', '.join(missing)}"
         )
     signage = pack.rule("signage")  # REG-8
-    unsigned = sorted({c.camera_id for c in view.cameras} - set(view.signed_camera_ids))
+    signed = {c for c, on in doc.get("signage", {}).items() if date.fromisoformat(on) <= as_of}
+    unsigned = sorted({c.camera_id for c in view.cameras} - signed)
     if signage.param("required", False) and unsigned:
         yield finding(
             "signage", pack, subject, in_use, "open", f"no sign at: {', '.join(unsigned)}"
         )
     personnel = pack.rule("personnel")  # REG-9
     for person in view.personnel:
-        if personnel.param("training_required", False) and not person.trained_on:
+        if personnel.param("training_required", False) and not _on_or_before(
+            person.trained_on, as_of
+        ):
             detail = f"{person.person_id} has no recorded training"
             yield finding("personnel", pack, subject, in_use, "open", detail)
-        if personnel.param("file_with_police", False) and not person.filed_with_police_on:
+        if personnel.param("file_with_police", False) and not _on_or_before(
+            person.filed_with_police_on, as_of
+        ):
             detail = f"{person.person_id} is not filed with the police"
             yield finding("personnel", pack, subject, in_use, "open", detail)
-    yield from inspection_findings(view, pack, subject, as_of)
 
 
 def inspection_findings(

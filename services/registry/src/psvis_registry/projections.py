@@ -72,6 +72,10 @@ def fold_system(doc: Document | None, event: Message, env: pb.EventEnvelope) -> 
             signed = set(view.signed_camera_ids) | set(event.camera_ids)
             del view.signed_camera_ids[:]
             view.signed_camera_ids.extend(sorted(signed))
+            since = dict(doc.get("signage", {}))  # REG-8: when each camera got its sign
+            for camera_id in event.camera_ids:
+                since[camera_id] = min(since.get(camera_id, event.installed_on), event.installed_on)
+            doc["signage"] = since
         case reg.MonitoringPersonnelRegistered():
             view.personnel.append(event)
         case reg.ClassificationSet():

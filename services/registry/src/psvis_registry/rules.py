@@ -141,7 +141,9 @@ def complete_construction(
     state.require_not_removed("construction")
     v.need_date(cmd.completed_on, "construction.completed_on")
     review = pack.rule("lifecycle.design_review")  # REG-5: no building before a passed review
-    ready = {REVIEWED} if review.param("required", False) else {PLANNED, REVIEWED}
+    # Xi'an 14 para 1: the review is required of systems at the mandatory sites of Xi'an 9
+    required = review.param("required", False) and state.site_category in mandatory_categories(pack)
+    ready = {REVIEWED} if required else {PLANNED, REVIEWED, REJECTED}
     if state.state not in ready:
         reason = f"system {state.system_id} is {state.state}: building needs a passed design review"
         return Refused("CompleteConstruction", review.cite(reason))

@@ -1,0 +1,89 @@
+"""Open the distributed stores: Kafka for the log, MongoDB (PyMongo's async API) for the rest.
+
+PSVIS_KAFKA_BOOTSTRAP (host:port[,host:port]) and PSVIS_MONGO_URL (mongodb://host:port/database;
+database "psvis" when the URL names none) are required; both are checked before anything starts,
+so a missing or unreachable service fails at start-up with a message that names it.
+PSVIS_NAMESPACE prefixes the Kafka topic (`<namespace>.events`) and every MongoDB collection, so
+several deployments (or test runs) can share one broker and one database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Any
+
+from pymongo import AsyncMongoClient
+from pymongo.errors import PyMongoError
+
+from psvis.checkpoints_mongo import MongoCheckpointStore
+from psvis.clock import Clock, RandomIds
+from psvis.errors import Unavailable
+from psvis.eventstore.mongo_kafka import MongoKafkaEventStore
+from psvis.readstore.mongo import MongoReadStore
+from psvis.settings import Settings
+from psvis.stores import Stores
+
+CONNECT_TIMEOUT = 10.0
+
+
+def redact(url: str) -> str:
+    """The URL without its password, fit for a log line or an error message."""
+    return re.sub(r"//([^:/@]+):[^@/]*@", r"//\1:***@", url)
+
+
+async def open_distributed_stores(settings: Settings, clock: Clock) -> Stores:
+    missing = [
+        name
+        for name, value in (
+            ("PSVIS_KAFKA_BOOTSTRAP", settings.kafka_bootstrap),
+            ("PSVIS_MONGO_URL", settings.mongo_url),
+        )
+        if not value
+    ]
+    if missing:
+        raise Unavailable(
+            f"the distributed backend needs {' and '.join(missing)} "
+            "(e.g. PSVIS_KAFKA_BOOTSTRAP=127.0.0.1:9092 PSVIS_MONGO_URL=mongodb://127.0.0.1:27017/psvis;"
+            " scripts/services.sh start starts both locally)"
+        )
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        settings.mongo_url,
+        serverSelectionTimeoutMS=int(CONNECT_TIMEOUT * 1000),
+        connectTimeoutMS=int(CONNECT_TIMEOUT * 1000),
+        maxPoolSize=200,
+    )
+    try:
+        await client.admin.command("ping")
+    except PyMongoError as e:
+        await client.close()
+        raise Unavailable(f"MongoDB at {redact(settings.mongo_url)} is unreachable: {e}") from e
+    db = client.get_default_database(default="psvis")
+    events = MongoKafkaEventStore(
+        db, settings.kafka_bootstrap, settings.namespace, clock, RandomIds()
+    )
+    try:
+        await asyncio.wait_for(events.start(), CONNECT_TIMEOUT * 2)
+    except Exception as e:
+        await events.close()
+        await client.close()
+        raise Unavailable(
+            f"Kafka at {settings.kafka_bootstrap} is unreachable or refused topic "
+            f"{events.topic}: {e or type(e).__name__}"
+        ) from e
+    reads = MongoReadStore(db, settings.namespace)
+    checkpoints = MongoCheckpointStore(db, settings.namespace)
+
+    async def close() -> None:
+        try:
+            await events.close()
+        finally:
+            await client.close()
+
+    return Stores(
+        events=events,
+        reads=reads,
+        checkpoints=checkpoints,
+        close=close,
+        background=[events.relay.relay_forever],
+    )

@@ -1,0 +1,242 @@
+"""Malformed input is INVALID_ARGUMENT (unknown targets NOT_FOUND) with a message naming the field,
+and nothing is appended: the catalogue and the stream versions do not move."""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import date
+from typing import Any
+
+import grpc
+import pytest
+from e2e_kit import (
+    ABORTED,
+    EXISTS,
+    INVALID,
+    NOT_FOUND,
+    OK,
+    REFUSED,
+    accept,
+    build,
+    camera,
+    expect,
+    new_id,
+    register,
+    site,
+    system,
+    use,
+    version,
+)
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from psvis.registry.v1 import registry_pb2 as reg
+from psvis_registry.rules import PLACES
+
+
+async def count(clients) -> int:
+    return len((await clients.police.ListSystems(reg.ListSystemsRequest(page_size=1000))).systems)
+
+
+def with_(base: reg.SystemRegistered, edit) -> reg.SystemRegistered:
+    out = reg.SystemRegistered()
+    out.CopyFrom(base)
+    edit(out)
+    return out
+
+
+def _set(path: str, value: Any):
+    def edit(s: reg.SystemRegistered) -> None:
+        *parents, leaf = path.split(".")
+        target: Any = s
+        for p in parents:
+            target = target[int(p)] if p.isdigit() else getattr(target, p)
+        setattr(target, leaf, value)
+
+    return edit
+
+
+BAD_REGISTRATIONS = [
+    ("system_id", "", "system_id"), ("system_id", "has space", "system_id"),
+    ("system_id", "-leading-dash", "system_id"), ("system_id", "x" * 65, "system_id"),
+    ("managing_unit", "", "managing_unit"), ("name", "   ", "name"), ("operator", "", "operator"),
+    ("name", "n" * 201, "name"),
+    ("registered_on", "", "registered_on"), ("registered_on", "2024-02-30", "registered_on"),
+    ("registered_on", "yesterday", "registered_on"), ("built_on", "2024/01/01", "built_on"),
+    ("site.site_id", "site 1", "site_id"), ("site.category", "casino", "category"),
+    ("site.address", "", "address"), ("site.address_code", "42-01", "address_code"),
+    ("site.location.latitude", 91.0, "location"), ("cameras.0.location.longitude", 180.5, "location"),
+    ("cameras.0.location.latitude", -90.01, "location"), ("cameras.0.location.longitude", math.nan, "location"),
+    ("cameras.0.location.latitude", math.inf, "location"), ("cameras.0.orientation_deg", 360.0, "orientation"),
+    ("cameras.0.orientation_deg", -0.5, "orientation"), ("cameras.0.orientation_deg", math.nan, "orientation"),
+    ("cameras.0.place", "moon", "place"), ("cameras.0.place", "Hotel_Room", "place"),
+    ("cameras.0.camera_id", "", "camera_id"), ("cameras.0.device_type", "", "device_type"),
+    ("cameras.0.address_code", "", "address_code"), ("cameras.0.address_code", "4" * 33, "address_code"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("path", "value", "field"), BAD_REGISTRATIONS, ids=lambda x: str(x)[:20])
+async def test_bad_registration_is_invalid_and_not_recorded(clients, path, value, field):
+    bad = with_(system("s-bad"), _set(path, value))
+    await expect(clients.unit.RegisterSystem(reg.RegisterSystemRequest(system=bad)), INVALID, field)
+    assert await count(clients) == 0
+    if path != "system_id":
+        await expect(
+            clients.police.GetSystem(reg.GetSystemRequest(system_id="s-bad")), NOT_FOUND, "s-bad"
+        )
+        await register(clients.unit, system("s-bad"))  # version 1: nothing was appended before
+
+
+async def test_registration_without_cameras_or_with_duplicate_camera_ids_is_invalid(clients):
+    for cams, field in (([], "cameras"), ([camera("c1"), camera("c1")], "unique")):
+        bad = system("s-bad", cameras=cams)
+        await expect(
+            clients.unit.RegisterSystem(reg.RegisterSystemRequest(system=bad)), INVALID, field
+        )
+    await register(clients.unit, system("s-bad"))
+
+
+@pytest.mark.parametrize("value", ["s1\n", "cam-1\n"])
+async def test_identifier_with_trailing_newline_is_invalid(clients, value):
+    # IDENTIFIER ends in `$`, which also matches before a final "\n".
+    await expect(
+        clients.unit.RegisterSystem(reg.RegisterSystemRequest(system=system(value))),
+        INVALID,
+        "system_id",
+    )
+    cams = [camera(value)]
+    await expect(clients.unit.RegisterSystem(reg.RegisterSystemRequest(system=system(cameras=cams))), INVALID,
+                 "camera_id")  # fmt: skip
+    bad_code = system(site_=site(address_code="420102\n"))
+    await expect(
+        clients.unit.RegisterSystem(reg.RegisterSystemRequest(system=bad_code)),
+        INVALID,
+        "address_code",
+    )
+    assert await count(clients) == 0
+
+
+@pytest.mark.parametrize("value", ["20240101", "2024-W01-1", "2024-001"])
+async def test_dates_must_be_calendar_dates_like_2024_03_01(clients, value):
+    # The proto promises ISO calendar dates ("2024-03-01") and the service compares stored
+    # dates as strings (e.g. the latest inspection), so other ISO forms must not get in.
+    await expect(clients.unit.RegisterSystem(reg.RegisterSystemRequest(system=system(registered_on=value))),
+                 INVALID, "registered_on")  # fmt: skip
+    sid = await register(clients.unit)
+    await build(clients.unit, sid)
+    await accept(clients.unit, sid)
+    await expect(use(clients.unit, sid, on=value), INVALID, "in_use_on")
+    assert await version(clients.unit, sid) == 3
+
+
+async def test_commands_with_bad_fields_leave_the_stream_unchanged(clients):
+    sid = await register(clients.unit)
+    stub = clients.unit
+    calls = [
+        (stub.FileSystem(reg.FileSystemRequest(system_id=sid, filing=reg.SystemFiled(
+            filed_on="2024-01-32", receiving_agency="police"))), "filed_on"),
+        (stub.FileSystem(reg.FileSystemRequest(system_id=sid, filing=reg.SystemFiled(
+            filed_on="2024-01-30", receiving_agency=" "))), "receiving_agency"),
+        (stub.CompleteConstruction(reg.CompleteConstructionRequest(system_id=sid)), "completed_on"),
+        (stub.RecordDesignReview(reg.RecordDesignReviewRequest(system_id=sid, review=reg.DesignReviewed(
+            passed=True, reviewed_on="soon"))), "reviewed_on"),
+        (stub.RelocateSystem(reg.RelocateSystemRequest(system_id=sid, relocation=reg.SystemRelocated(
+            new_site=site("s2", lat=100.0), relocated_on="2024-05-01", reported_on="2024-04-20"))), "location"),
+        (stub.RelocateSystem(reg.RelocateSystemRequest(system_id=sid, relocation=reg.SystemRelocated(
+            new_site=site("s2", category="casino"), relocated_on="2024-05-01"))), "category"),
+        (stub.RemoveSystem(reg.RemoveSystemRequest(system_id=sid, removal=reg.SystemRemoved(
+            removed_on="2024-05-01", reported_on="2024-04-20"))), "reason"),
+        (stub.PutIntoUse(reg.PutIntoUseRequest(system_id="bad id", use=reg.SystemPutIntoUse(
+            in_use_on="2024-02-01"))), "system_id"),
+        (clients.police.GetSystem(reg.GetSystemRequest(system_id="../etc")), "system_id"),
+    ]  # fmt: skip
+    for call, field in calls:
+        await expect(call, INVALID, field)
+    assert await version(stub, sid) == 1
+
+
+async def test_unknown_system_is_not_found_and_nothing_is_recorded(clients):
+    ghost = new_id("ghost")
+    await expect(clients.police.GetSystem(reg.GetSystemRequest(system_id=ghost)), NOT_FOUND, ghost)
+    await expect(build(clients.unit, ghost), NOT_FOUND, ghost)
+    await expect(use(clients.unit, ghost), NOT_FOUND, ghost)
+    await expect(clients.police.RecordInspection(reg.RecordInspectionRequest(
+        system_id=ghost, inspection=reg.InspectionRecorded(inspection_id="i1", inspected_on="2024-01-01",
+        inspecting_agency="police", scope=["x"], outcome="passed"))), NOT_FOUND, ghost)  # fmt: skip
+    assert await count(clients) == 0
+    await register(clients.unit, system(ghost))  # its stream is still empty: version 1
+
+
+async def test_wrong_expected_version_is_aborted_and_not_recorded(clients):
+    sid = await register(clients.unit)
+    req = reg.CompleteConstructionRequest(
+        system_id=sid,
+        expected_version=5,
+        construction=reg.ConstructionCompleted(completed_on="2024-01-10"),
+    )
+    await expect(clients.unit.CompleteConstruction(req), ABORTED, "version")
+    assert await version(clients.unit, sid) == 1
+
+
+# --- property: junk in a few fields never gets in, and never breaks the server -------------------
+
+ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}", re.ASCII)
+CODE = re.compile(r"[0-9A-Za-z]{1,32}", re.ASCII)
+CATEGORIES = ["other", "transport", "residential_areas"]
+
+
+def valid_date(s: str) -> bool:
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", s, re.ASCII):
+        return False
+    try:
+        date.fromisoformat(s)
+    except ValueError:
+        return False
+    return True
+
+
+JUNK = st.one_of(st.text(max_size=70), st.text(alphabet="ab1-_. \n:/", max_size=12))
+FIELDS = ["sid", "on", "place", "code", "category"]
+
+
+@settings(max_examples=25, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
+@given(
+    junk=st.dictionaries(st.sampled_from(FIELDS), JUNK, max_size=3),  # 0-3 fields get junk
+    on=st.sampled_from(["2024-01-02", "2023-12-31"]),
+    place=st.sampled_from(["street", "lobby", "hotel_room"]),
+    code=st.sampled_from(["420102", "4201"]),
+    category=st.sampled_from(CATEGORIES),
+)
+async def test_property_junk_fields_are_invalid_and_never_appended(
+    clients, junk, on, place, code, category
+):
+    sid = junk.get("sid", new_id("h"))
+    on, place, code, category = (
+        junk.get(k, v) for k, v in zip(FIELDS[1:], (on, place, code, category), strict=True)
+    )
+    before = await count(clients)
+    registered = {
+        s.system_id for s in (await clients.police.ListSystems(reg.ListSystemsRequest())).systems
+    }
+    cam = camera("cam-1", place=place, address_code=code)
+    candidate = system(sid, cameras=[cam], site_=site(category=category), registered_on=on)
+    fields_ok = (
+        valid_date(on) and place in PLACES and CODE.fullmatch(code) and category in CATEGORIES
+    )
+    if not ID.fullmatch(sid):
+        want = INVALID
+    elif sid in registered:
+        want = EXISTS
+    elif not fields_ok:
+        want = INVALID
+    else:
+        want = REFUSED if place == "hotel_room" else OK
+    try:
+        await clients.unit.RegisterSystem(reg.RegisterSystemRequest(system=candidate))
+        got = OK
+    except grpc.aio.AioRpcError as err:
+        got = err.code()
+        assert err.details(), "an error must say what is wrong"
+    assert got == want, (sid, on, place, code, category)
+    assert await count(clients) == before + (got == OK)

@@ -1,0 +1,234 @@
+"""REG-7 archives, REG-8 signage, REG-9 personnel, REG-12 inspections: records and findings."""
+
+from __future__ import annotations
+
+import pytest
+from e2e_kit import (
+    DENIED,
+    INVALID,
+    NOT_FOUND,
+    build,
+    camera,
+    expect,
+    findings,
+    into_use,
+    register,
+    review,
+    sha,
+    version,
+    xian_system,
+)
+from psvis.registry.v1 import registry_pb2 as reg
+
+KINDS = ["design", "construction", "acceptance", "maintenance", "units_and_technicians"]
+XIAN = pytest.mark.parametrize("city", ["xian"])
+
+
+async def in_use_system(stub, **kw) -> str:
+    sid = await register(stub, **kw)
+    await into_use(stub, sid, in_use_on="2024-02-01")
+    return sid
+
+
+async def attach(stub, sid: str, kind: str, on: str = "2024-02-10", digest: str | None = None):
+    archive = reg.ArchiveAttached(kind=kind, sha256=digest or sha(kind), title=f"{kind} file",
+                                  units=["Builder Co"], technicians=["Eng. Li"], attached_on=on)  # fmt: skip
+    return await stub.AttachArchive(reg.AttachArchiveRequest(system_id=sid, archive=archive))
+
+
+async def signage(stub, sid: str, cams: list[str], on: str = "2024-01-20"):
+    return await stub.RecordSignage(reg.RecordSignageRequest(
+        system_id=sid, signage=reg.SignageInstalled(camera_ids=cams, installed_on=on)))  # fmt: skip
+
+
+async def person(stub, sid: str, pid: str, trained: str = "", filed: str = ""):
+    p = reg.MonitoringPersonnelRegistered(person_id=pid, name="Wang", duty="monitoring",
+                                          trained_on=trained, training_course="basic" if trained else "",
+                                          filed_with_police_on=filed)  # fmt: skip
+    return await stub.RegisterMonitoringPersonnel(
+        reg.RegisterMonitoringPersonnelRequest(system_id=sid, person=p)
+    )
+
+
+async def inspect(
+    stub, sid: str, iid: str, outcome: str, on: str, scope: tuple[str, ...] = ("operation",)
+):
+    i = reg.InspectionRecorded(inspection_id=iid, inspected_on=on, inspecting_agency="district police",
+                               scope=list(scope), outcome=outcome, notes="see report")  # fmt: skip
+    return await stub.RecordInspection(reg.RecordInspectionRequest(system_id=sid, inspection=i))
+
+
+def of(found: list[reg.Finding], rule: str) -> list[reg.Finding]:
+    return [f for f in found if f.rule == rule]
+
+
+# --- REG-7 -------------------------------------------------------------------------------------
+
+
+async def test_reg7_missing_archive_kinds_are_a_finding_for_in_use_system(clients):
+    sid = await in_use_system(clients.unit)
+    (f,) = of(await findings(clients.police, "2024-03-01", "REG-7", f"system-{sid}"), "archives")
+    assert (f.status, f.article, f.since) == ("open", "Wuhan 11", "2024-02-01")
+    assert all(k in f.detail for k in KINDS)
+    for kind in KINDS[:-1]:
+        await attach(clients.unit, sid, kind)
+    (f,) = await findings(clients.police, "2024-03-01", "REG-7", f"system-{sid}")
+    assert "units_and_technicians" in f.detail and "design" not in f.detail
+    await attach(clients.unit, sid, "units_and_technicians", on="2024-04-01")
+    assert len(await findings(clients.police, "2024-03-31", "REG-7", f"system-{sid}")) == 1
+    assert await findings(clients.police, "2024-04-01", "REG-7", f"system-{sid}") == []
+
+
+async def test_reg7_archives_are_kept_by_sha256(clients):
+    sid = await register(clients.unit)
+    digest = sha("design drawings v3")
+    await attach(clients.unit, sid, "design", digest=digest)
+    view = await clients.unit.GetSystem(reg.GetSystemRequest(system_id=sid))
+    (a,) = view.archives
+    assert (a.kind, a.sha256, list(a.technicians)) == ("design", digest, ["Eng. Li"])
+    assert (
+        await findings(clients.police, "2024-03-01", "REG-7", f"system-{sid}") == []
+    )  # not in use
+
+
+async def test_reg7_bad_hash_or_kind_is_invalid_and_not_recorded(clients):
+    sid = await register(clients.unit)
+    for bad in (sha("x").upper(), sha("x")[:63], sha("x") + "0", "g" * 64, ""):
+        await expect(attach(clients.unit, sid, "design", digest=bad or " "), INVALID, "sha256")
+    await expect(attach(clients.unit, sid, "blueprints"), INVALID, "archive.kind")
+    await expect(attach(clients.unit, sid, "design", on="2024-02-31"), INVALID, "attached_on")
+    assert await version(clients.unit, sid) == 1
+
+
+# --- REG-8 -------------------------------------------------------------------------------------
+
+
+async def test_reg8_unsigned_cameras_of_in_use_system_are_a_finding(clients):
+    sid = await in_use_system(clients.unit, cameras=[camera("cam-1"), camera("cam-2")])
+    await signage(clients.unit, sid, ["cam-1"])
+    (f,) = await findings(clients.police, "2024-03-01", "REG-8", f"system-{sid}")
+    assert (f.article, f.status, f.rule) == ("Wuhan 7 para 2", "open", "signage")
+    assert "cam-2" in f.detail and "cam-1" not in f.detail
+    await signage(clients.unit, sid, ["cam-2"])
+    assert await findings(clients.police, "2024-03-01", "REG-8", f"system-{sid}") == []
+    view = await clients.unit.GetSystem(reg.GetSystemRequest(system_id=sid))
+    assert list(view.signed_camera_ids) == ["cam-1", "cam-2"]
+
+
+async def test_reg8_signage_of_unknown_camera_or_none_is_invalid(clients):
+    sid = await register(clients.unit)
+    await expect(signage(clients.unit, sid, ["cam-404"]), INVALID, "cam-404")
+    await expect(signage(clients.unit, sid, []), INVALID, "camera")
+    assert await version(clients.unit, sid) == 1
+
+
+async def test_reg8_signage_installed_after_as_of_does_not_count_at_as_of(clients):
+    # Findings are "evaluated at" as_of: on 2024-03-01 the in-use camera had no sign yet.
+    sid = await in_use_system(clients.unit)
+    await signage(clients.unit, sid, ["cam-1"], on="2024-06-01")
+    assert await findings(clients.police, "2024-07-01", "REG-8", f"system-{sid}") == []
+    assert len(await findings(clients.police, "2024-03-01", "REG-8", f"system-{sid}")) == 1
+
+
+# --- REG-9 -------------------------------------------------------------------------------------
+
+
+async def test_reg9_wuhan_untrained_or_unfiled_monitoring_staff_are_findings(clients):
+    sid = await in_use_system(clients.unit)
+    await person(clients.unit, sid, "p-1")
+    await person(clients.unit, sid, "p-2", trained="2024-01-10")
+    await person(clients.unit, sid, "p-3", trained="2024-01-10", filed="2024-01-12")
+    found = await findings(clients.police, "2024-03-01", "REG-9", f"system-{sid}")
+    assert {f.article for f in found} == {"Wuhan 16(2)"} and {f.status for f in found} == {"open"}
+    details = sorted(f.detail for f in found)
+    assert len(details) == 3 and not any("p-3" in d for d in details)
+    assert sum("p-1" in d for d in details) == 2 and sum("p-2" in d for d in details) == 1
+    assert any("training" in d for d in details) and any("police" in d for d in details)
+
+
+@XIAN
+async def test_reg9_xian_requires_training_but_no_police_filing(clients):
+    sid = await register(clients.unit, xian_system())
+    await into_use(clients.unit, sid)
+    await person(clients.unit, sid, "p-1")
+    await person(clients.unit, sid, "p-2", trained="2024-01-10")
+    (f,) = await findings(clients.police, "2024-03-01", "REG-9", f"system-{sid}")
+    assert (f.article, f.status) == ("Xi'an 22(2)", "open") and "p-1" in f.detail
+
+
+async def test_reg9_bad_person_record_is_invalid(clients):
+    sid = await register(clients.unit)
+    await expect(person(clients.unit, sid, "p 1"), INVALID, "person_id")
+    await expect(person(clients.unit, sid, "p-1", trained="10/01/2024"), INVALID, "trained_on")
+    await expect(
+        person(clients.unit, sid, "p-1", filed="2024-13-01"), INVALID, "filed_with_police_on"
+    )
+    assert await version(clients.unit, sid) == 1
+
+
+# --- REG-12 ------------------------------------------------------------------------------------
+
+
+async def test_reg12_only_police_record_inspections(clients):
+    sid = await register(clients.unit)
+    await expect(
+        inspect(clients.unit, sid, "insp-1", "passed", "2024-03-01"), DENIED, "RecordInspection"
+    )
+    await expect(inspect(clients.auditor, sid, "insp-1", "passed", "2024-03-01"), DENIED)
+    await inspect(clients.police, sid, "insp-1", "passed", "2024-03-01")
+    view = await clients.police.GetSystem(reg.GetSystemRequest(system_id=sid))
+    assert [(i.inspection_id, i.outcome) for i in view.inspections] == [("insp-1", "passed")]
+    assert view.version == 2
+
+
+@XIAN
+async def test_reg12_rectification_ordered_is_open_until_a_passed_inspection(clients):
+    sid = await register(clients.unit, xian_system())
+    await into_use(clients.unit, sid)
+    await inspect(
+        clients.police,
+        sid,
+        "insp-1",
+        "rectification_ordered",
+        "2024-03-01",
+        ("operation", "filings"),
+    )
+    assert await findings(clients.police, "2024-02-28", "REG-12", f"system-{sid}") == []
+    (f,) = await findings(clients.police, "2024-03-15", "REG-12", f"system-{sid}")
+    assert (f.status, f.article, f.since) == ("open", "Xi'an 30", "2024-03-01")
+    assert "insp-1" in f.detail and "rectification_ordered" in f.detail
+    await inspect(clients.police, sid, "insp-2", "passed", "2024-04-01")
+    assert len(await findings(clients.police, "2024-03-31", "REG-12", f"system-{sid}")) == 1
+    assert await findings(clients.police, "2024-04-01", "REG-12", f"system-{sid}") == []
+
+
+@XIAN
+async def test_reg12_rectification_ordered_before_use_is_open_too(clients):
+    # An inspection of construction or acceptance (Wuxi 32 scope) happens before use; its order
+    # to rectify is still an open finding.
+    sid = await register(clients.unit, xian_system())
+    await review(clients.unit, sid)
+    await build(clients.unit, sid)
+    await inspect(
+        clients.police, sid, "insp-1", "rectification_ordered", "2024-01-12", ("construction",)
+    )
+    (f,) = await findings(clients.police, "2024-01-20", "REG-12", f"system-{sid}")
+    assert (f.status, f.article) == ("open", "Xi'an 30")
+
+
+async def test_reg12_invalid_inspection_is_not_recorded(clients):
+    sid = await register(clients.unit)
+    await expect(inspect(clients.police, sid, "insp-1", "so-so", "2024-03-01"), INVALID, "outcome")
+    await expect(
+        inspect(clients.police, sid, "insp-1", "passed", "2024-03-01", ()), INVALID, "scope"
+    )
+    await expect(
+        inspect(clients.police, sid, "insp 1", "passed", "2024-03-01"), INVALID, "inspection_id"
+    )
+    await expect(
+        inspect(clients.police, sid, "insp-1", "passed", "yesterday"), INVALID, "inspected_on"
+    )
+    await expect(
+        inspect(clients.police, "no-such-system", "insp-1", "passed", "2024-03-01"), NOT_FOUND
+    )
+    assert await version(clients.police, sid) == 1
