@@ -43,7 +43,9 @@ def settings(tmp_path: Path, city: str, backend: str) -> Settings:
     if backend == "distributed":
         kafka, mongo = os.environ.get("PSVIS_KAFKA_BOOTSTRAP"), os.environ.get("PSVIS_MONGO_URL")
         if not kafka or not mongo:
-            pytest.skip("the distributed backend needs PSVIS_KAFKA_BOOTSTRAP and PSVIS_MONGO_URL")
+            pytest.fail(
+                "the distributed backend needs PSVIS_KAFKA_BOOTSTRAP and PSVIS_MONGO_URL (scripts/services.sh start)"
+            )
         s.kafka_bootstrap, s.mongo_url = kafka, mongo
         s.namespace = f"e2e-{uuid.uuid4().hex[:12]}"
     return s
