@@ -66,7 +66,9 @@ def kafka_metadata(host: str, port: int) -> list[tuple[int, str, int]]:
     Kafka 4.x removed Metadata v0-v3; v4 is accepted by every broker since 1.0.
     """
     client_id = b"psvis-probe"
-    header = struct.pack(">hhih", 3, 4, 1, len(client_id)) + client_id  # api_key=3 Metadata, v4, corr=1
+    header = (
+        struct.pack(">hhih", 3, 4, 1, len(client_id)) + client_id
+    )  # api_key=3 Metadata, v4, corr=1
     body = struct.pack(">ib", 0, 0)  # topics: empty array, allow_auto_topic_creation=false
     req = header + body
     with socket.create_connection((host, port), timeout=TIMEOUT) as s:
@@ -114,7 +116,13 @@ def kafka_find_coordinator(host: str, port: int, key: str, key_type: int) -> int
     """
     client_id = b"psvis-probe"
     k = key.encode()
-    req = struct.pack(">hhih", 10, 1, 2, len(client_id)) + client_id + struct.pack(">h", len(k)) + k + struct.pack(">b", key_type)
+    req = (
+        struct.pack(">hhih", 10, 1, 2, len(client_id))
+        + client_id
+        + struct.pack(">h", len(k))
+        + k
+        + struct.pack(">b", key_type)
+    )
     with socket.create_connection((host, port), timeout=TIMEOUT) as s:
         s.settimeout(TIMEOUT)
         s.sendall(struct.pack(">i", len(req)) + req)
@@ -149,7 +157,19 @@ def _bson_top_level(data: bytes) -> dict:
     """Decode the top-level scalar fields we care about; skip everything else."""
     (total,) = struct.unpack_from("<i", data, 0)
     pos, end, out = 4, total - 1, {}
-    fixed = {0x01: 8, 0x07: 12, 0x08: 1, 0x09: 8, 0x0A: 0, 0x10: 4, 0x11: 8, 0x12: 8, 0x13: 16, 0x7F: 0, 0xFF: 0}
+    fixed = {
+        0x01: 8,
+        0x07: 12,
+        0x08: 1,
+        0x09: 8,
+        0x0A: 0,
+        0x10: 4,
+        0x11: 8,
+        0x12: 8,
+        0x13: 16,
+        0x7F: 0,
+        0xFF: 0,
+    }
     while pos < end:
         t = data[pos]
         pos += 1
@@ -225,7 +245,10 @@ def main(argv: list[str]) -> int:
             for key_type, what in ((0, "group"), (1, "transaction")):
                 err = kafka_find_coordinator(host, port, "psvis-probe", key_type)
                 if err:
-                    print(f"kafka: {what} coordinator not available yet (error {err})", file=sys.stderr)
+                    print(
+                        f"kafka: {what} coordinator not available yet (error {err})",
+                        file=sys.stderr,
+                    )
                     return 1
             return 0
         if cmd == "mongo":
