@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -32,19 +33,38 @@ async def verify_store(
     verifier = LogVerifier(
         events.log_id, await checkpoints.all(events.log_id), {key_id(k): k for k in keys}
     )
+    read = getattr(events, "read_page_bytes", None) or _page_bytes(events)
     try:
         verifier.check_checkpoints()
-        after = -1
-        while page := await events.read_page(after, PAGE):
-            for event in page:
-                verifier.check_event(event.position, event.data)
-            after = page[-1].position
+        check = verifier.check_event
+        page = await read(-1, PAGE)
+        while page:
+            # the next page is read (on the database thread) while this one is checked
+            upcoming = asyncio.ensure_future(read(page[-1][0], PAGE))
+            try:
+                for position, data in page:
+                    check(position, data)
+            except BaseException:
+                upcoming.cancel()
+                raise
             if progress is not None:
                 progress(len(page))
+            page = await upcoming
         verifier.finish()
     except _Stop:
         pass
     return verifier.report
+
+
+def _page_bytes(
+    events: EventStore,
+) -> Callable[[int, int], Awaitable[list[tuple[int, bytes]]]]:
+    """(position, stored bytes) pages from a store that only offers read_page."""
+
+    async def read(after: int, limit: int) -> list[tuple[int, bytes]]:
+        return [(e.position, e.data) for e in await events.read_page(after, limit)]
+
+    return read
 
 
 class LogUntil:

@@ -36,8 +36,26 @@ class MerkleTree:
         self.size += 1
 
     def extend(self, leaves: Iterable[bytes]) -> None:
-        for leaf in leaves:
-            self.append(leaf)
+        """Same tree as appending one by one; whole aligned subtrees are hashed level by level."""
+        todo = list(leaves)
+        i = 0
+        while i < len(todo):
+            # the largest perfect subtree that starts at self.size and fits in what is left
+            k = self.size & -self.size or 1 << (len(todo) - i).bit_length()
+            while k > len(todo) - i:
+                k >>= 1
+            level = todo[i : i + k]
+            while len(level) > 1:
+                level = [node_hash(level[j], level[j + 1]) for j in range(0, len(level), 2)]
+            self._sizes.append(k)
+            self._hashes.append(level[0])
+            self.size += k
+            while len(self._sizes) > 1 and self._sizes[-1] == self._sizes[-2]:
+                right = self._hashes.pop()
+                self._sizes.pop()
+                self._hashes[-1] = node_hash(self._hashes[-1], right)
+                self._sizes[-1] *= 2
+            i += k
 
     def root(self) -> bytes:
         if not self._hashes:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+
 from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.message import Message
 
 from psvis.common.v1 import envelope_pb2 as pb
 
 
+@functools.cache
 def message_class(type_name: str) -> type[Message]:
     pool = descriptor_pool.Default()  # type: ignore[no-untyped-call]
     descriptor = pool.FindMessageTypeByName(type_name)

@@ -62,10 +62,20 @@ class ProjectionRunner:
         async with self._lock:
             if self.position == -2:
                 self.position = await self._store.get_position(self.name)
-            while events := await self._log.read_page(self.position, self._batch):
-                await self.apply_batch(events)
-                self.position = events[-1].position
-                await self._store.set_position(self.name, self.position)
+            events = await self._log.read_page(self.position, self._batch)
+            while events:
+                # the next page is read (on the database thread) while this one is folded
+                upcoming = asyncio.ensure_future(
+                    self._log.read_page(events[-1].position, self._batch)
+                )
+                try:
+                    await self.apply_batch(events)
+                    self.position = events[-1].position
+                    await self._store.set_position(self.name, self.position)
+                except BaseException:
+                    upcoming.cancel()
+                    raise
+                events = await upcoming
             async with self._advanced:
                 self._advanced.notify_all()
             return self.position

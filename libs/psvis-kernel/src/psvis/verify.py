@@ -43,6 +43,9 @@ class _Stop(Exception):
     pass
 
 
+_NO_HEAD = (0, b"")
+
+
 class LogVerifier:
     """Streams the log once: O(1) work per event, memory O(streams)."""
 
@@ -58,10 +61,12 @@ class LogVerifier:
         self._checkpoints = checkpoints
         self._keys = keys
         self._next = 0
+        self._notarised = 0
 
     def _fail(self, offset: int, check: str, detail: str) -> None:
         self.report.ok = False
         self.report.failure = Failure(offset, check, detail)
+        self.report.events_checked = self._next
         raise _Stop
 
     def check_checkpoints(self) -> None:
@@ -88,8 +93,7 @@ class LogVerifier:
                     "checkpoint-ledger",
                     f"checkpoint {cp.tree_size}: ledger holds the wrong number of leaves",
                 )
-            for i in range(0, len(chunk), 32):
-                tree.append(chunk[i : i + 32])
+            tree.extend(chunk[i : i + 32] for i in range(0, len(chunk), 32))
             if tree.root() != cp.root_hash:
                 self._fail(
                     previous,
@@ -100,7 +104,7 @@ class LogVerifier:
             previous = cp.tree_size
             self.report.checkpoints_checked += 1
         self._leaves = b"".join(leaves)
-        self.report.notarised_size = previous
+        self.report.notarised_size = self._notarised = previous
 
     def check_event(self, offset: int, data: bytes) -> None:
         if offset != self._next:
@@ -109,10 +113,7 @@ class LogVerifier:
                 self._next, "offset", f"expected offset {self._next}, found {offset} ({kind} event)"
             )
         leaf = event_hash(data)
-        if (
-            offset < self.report.notarised_size
-            and leaf != self._leaves[32 * offset : 32 * offset + 32]
-        ):
+        if offset < self._notarised and leaf != self._leaves[32 * offset : 32 * offset + 32]:
             self._fail(
                 offset,
                 "notarised-leaf",
@@ -122,25 +123,23 @@ class LogVerifier:
             env = pb.EventEnvelope.FromString(data)
         except DecodeError as e:
             self._fail(offset, "decode", f"not an event envelope: {e}")
-        version, prev = self._heads.get(env.stream_id, (0, b""))
-        if env.stream_version != version + 1:
+        stream, stream_version = env.stream_id, env.stream_version
+        version, prev = self._heads.get(stream, _NO_HEAD)
+        if stream_version != version + 1:
             self._fail(
-                offset,
-                "stream-version",
-                f"{env.stream_id}: version {env.stream_version} follows {version}",
+                offset, "stream-version", f"{stream}: version {stream_version} follows {version}"
             )
         if env.prev_hash != prev:
             self._fail(
                 offset,
                 "prev-hash",
-                f"{env.stream_id} v{env.stream_version}: link to the previous event is broken",
+                f"{stream} v{stream_version}: link to the previous event is broken",
             )
-        self._heads[env.stream_id] = (env.stream_version, leaf)
+        self._heads[stream] = (stream_version, leaf)
         self._next = offset + 1
-        self.report.events_checked += 1
 
     def finish(self) -> None:
-        size = self._next
+        size = self.report.events_checked = self._next
         if size < self.report.notarised_size:
             self._fail(
                 size,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from google.protobuf.json_format import MessageToDict, ParseDict
@@ -26,6 +27,21 @@ def view_of(doc: Document) -> reg.SystemView:
 
 
 def fold_system(doc: Document | None, event: Message, env: pb.EventEnvelope) -> Document:
+    """Fold one event; the frequent ones edit the JSON view in place of a proto round trip.
+
+    Both paths give the same document: the view is what to_doc(SystemView) would give.
+    """
+    edit = _EDITS.get(type(event))
+    if edit is None or doc is None or not doc["view"].get("system_id"):
+        return _fold_view(doc, event, env)
+    doc = dict(doc)
+    view = doc["view"] = dict(doc["view"])
+    view["version"] = str(env.stream_version)  # uint64 is a string in proto3 JSON
+    edit(doc, view, event, env)
+    return doc
+
+
+def _fold_view(doc: Document | None, event: Message, env: pb.EventEnvelope) -> Document:
     doc = dict(doc or {"view": {}, "refusals": [], "relocations": []})
     view = view_of(doc)
     view.version = env.stream_version
@@ -88,6 +104,82 @@ def fold_system(doc: Document | None, event: Message, env: pb.EventEnvelope) -> 
     if view.system_id:
         doc["view"] = to_doc(view)
     return doc
+
+
+Edit = Callable[[Document, dict[str, Any], Any, pb.EventEnvelope], None]
+
+
+def _put(view: dict[str, Any], key: str, value: Any) -> None:
+    """proto3 JSON leaves out empty values."""
+    if value:
+        view[key] = value
+    else:
+        view.pop(key, None)
+
+
+def _appends(key: str) -> Edit:
+    def edit(doc: Document, view: dict[str, Any], event: Any, env: pb.EventEnvelope) -> None:
+        view[key] = [*view.get(key, ()), to_doc(event)]
+
+    return edit
+
+
+def _state(state: str) -> Edit:
+    def edit(doc: Document, view: dict[str, Any], event: Any, env: pb.EventEnvelope) -> None:
+        view["state"] = state
+
+    return edit
+
+
+def _signage(doc: Document, view: dict[str, Any], event: Any, env: pb.EventEnvelope) -> None:
+    signed = set(view.get("signed_camera_ids", ())) | set(event.camera_ids)
+    _put(view, "signed_camera_ids", sorted(signed))
+    since = dict(doc.get("signage", {}))  # REG-8: when each camera got its sign
+    for camera_id in event.camera_ids:
+        since[camera_id] = min(since.get(camera_id, event.installed_on), event.installed_on)
+    doc["signage"] = since
+
+
+def _filed(doc: Document, view: dict[str, Any], event: Any, env: pb.EventEnvelope) -> None:
+    _put(view, "filed_on", view.get("filed_on") or event.filed_on)
+
+
+def _reviewed(doc: Document, view: dict[str, Any], event: Any, env: pb.EventEnvelope) -> None:
+    view["state"] = domain.REVIEWED if event.passed else domain.REJECTED
+
+
+def _accepted(doc: Document, view: dict[str, Any], event: Any, env: pb.EventEnvelope) -> None:
+    view["state"] = domain.ACCEPTED if event.passed else domain.RECTIFICATION
+    if event.passed:
+        _put(view, "accepted_on", event.accepted_on)
+
+
+def _in_use(doc: Document, view: dict[str, Any], event: Any, env: pb.EventEnvelope) -> None:
+    view["state"] = domain.IN_USE
+    _put(view, "in_use_on", event.in_use_on)
+
+
+def _refused(doc: Document, view: dict[str, Any], event: Any, env: pb.EventEnvelope) -> None:
+    on = env.occurred_at.ToDatetime().date().isoformat()
+    refusal = {"command": event.command, "on": on, **MessageToDict(env.refusal)}
+    doc["refusals"] = [*doc["refusals"], refusal]
+
+
+# Registration, changes, relocation and classification stay on the SystemView path.
+_EDITS: dict[type[Message], Edit] = {
+    reg.ArchiveAttached: _appends("archives"),
+    reg.InspectionRecorded: _appends("inspections"),
+    reg.MonitoringPersonnelRegistered: _appends("personnel"),
+    reg.SignageInstalled: _signage,
+    reg.SystemFiled: _filed,
+    reg.DesignReviewed: _reviewed,
+    reg.ConstructionCompleted: _state(domain.BUILT),
+    reg.AcceptanceRecorded: _accepted,
+    reg.RectificationCompleted: _state(domain.RECTIFIED),
+    reg.SystemPutIntoUse: _in_use,
+    reg.SystemRemoved: _state(domain.REMOVED),
+    reg.CommandRefused: _refused,
+}
 
 
 def _apply_change(view: reg.SystemView, change: reg.ChangeFiled) -> None:

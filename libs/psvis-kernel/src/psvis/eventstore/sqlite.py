@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import sqlite3
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -19,7 +20,7 @@ CREATE TABLE IF NOT EXISTS events (
     position INTEGER PRIMARY KEY,
     stream_id TEXT NOT NULL,
     version INTEGER NOT NULL,
-    event_id TEXT NOT NULL UNIQUE,
+    event_id TEXT NOT NULL,
     data BLOB NOT NULL,
     UNIQUE (stream_id, version)
 );
@@ -31,6 +32,31 @@ CREATE TABLE IF NOT EXISTS stream_heads (
 """
 
 
+Work = Callable[[sqlite3.Connection], list[RecordedEvent]]
+
+
+def _all(
+    works: list[Work],
+) -> Callable[[sqlite3.Connection], list[list[RecordedEvent] | Exception]]:
+    """One transaction's work for a group of appends: each alone in a savepoint."""
+
+    def run(conn: sqlite3.Connection) -> list[list[RecordedEvent] | Exception]:
+        if len(works) == 1:
+            return [works[0](conn)]  # an error rolls back the whole (one-append) transaction
+        results: list[list[RecordedEvent] | Exception] = []
+        for work in works:
+            conn.execute("SAVEPOINT append")
+            try:
+                results.append(work(conn))
+            except Exception as e:
+                conn.execute("ROLLBACK TO append")
+                results.append(e)
+            conn.execute("RELEASE append")
+        return results
+
+    return run
+
+
 class SqliteEventStore:
     def __init__(
         self, db: SqliteDatabase, clock: Clock, ids: IdSource, log_id: str = "psvis.events/0"
@@ -40,18 +66,50 @@ class SqliteEventStore:
         self._ids = ids
         self.log_id = log_id
         self._appended = asyncio.Event()
+        self._waiting: list[tuple[Work, asyncio.Future[list[RecordedEvent]]]] = []
+        self._committer: asyncio.Future[None] | None = None
         db.run_sync(lambda c: c.executescript(SCHEMA))
 
     async def append(
         self, stream_id: str, expected_version: int, events: Sequence[NewEvent]
     ) -> list[RecordedEvent]:
+        """Appends that arrive while a commit runs share the next transaction (group commit).
+
+        Each runs in its own SAVEPOINT, so a conflict fails that append alone; the order of
+        the log is the order in which append was called.
+        """
         recorded_at = self._clock.now()
         ids = [self._ids.new_id() for _ in events]
         work = self._appender(stream_id, expected_version, events, ids, recorded_at)
-        recorded = await self._db.run(lambda c: in_transaction(c, work))
-        self._appended.set()
-        self._appended = asyncio.Event()
-        return recorded
+        done: asyncio.Future[list[RecordedEvent]] = asyncio.get_running_loop().create_future()
+        self._waiting.append((work, done))
+        if self._committer is None:
+            self._committer = asyncio.ensure_future(self._commit_waiting())
+        return await done
+
+    async def _commit_waiting(self) -> None:
+        try:
+            while self._waiting:
+                group, self._waiting = self._waiting, []
+                works = [work for work, _ in group]
+                results: list[list[RecordedEvent] | Exception]
+                try:
+                    results = await self._db.run(
+                        functools.partial(in_transaction, work=_all(works))
+                    )
+                except Exception as e:  # the transaction as a whole failed
+                    results = [e] * len(group)
+                for (_, done), result in zip(group, results, strict=True):
+                    if done.done():
+                        continue
+                    if isinstance(result, Exception):
+                        done.set_exception(result)
+                    else:
+                        done.set_result(result)
+                self._appended.set()
+                self._appended = asyncio.Event()
+        finally:
+            self._committer = None
 
     def _appender(
         self,
@@ -60,7 +118,7 @@ class SqliteEventStore:
         events: Sequence[NewEvent],
         ids: list[str],
         recorded_at: datetime,
-    ) -> Callable[[sqlite3.Connection], list[RecordedEvent]]:
+    ) -> Work:
         def work(conn: sqlite3.Connection) -> list[RecordedEvent]:
             head = _head(conn, stream_id)
             if head.version != expected:
@@ -104,6 +162,15 @@ class SqliteEventStore:
             ).fetchall()
         )
         return [RecordedEvent(*row) for row in rows]
+
+    async def read_page_bytes(self, after: int, limit: int) -> list[tuple[int, bytes]]:
+        """(position, stored bytes) of up to `limit` events after `after`: what audit verify reads."""
+        return await self._db.run(
+            lambda c: c.execute(
+                "SELECT position, data FROM events WHERE position > ? ORDER BY position LIMIT ?",
+                (after, limit),
+            ).fetchall()
+        )
 
     async def head(self, stream_id: str) -> StreamHead:
         return await self._db.run(lambda c: _head(c, stream_id))

@@ -62,23 +62,30 @@ class SqliteReadStore:
         return await self._db.run(work)
 
     async def put_many(self, collection: str, writes: Sequence[Write]) -> int:
-        rows = [(w, canonical_json(w.doc).decode()) for w in writes]
+        inserts = [
+            (collection, w.key, w.version, canonical_json(w.doc).decode())
+            for w in writes
+            if w.expected == 0
+        ]
+        updates = [
+            (w.version, canonical_json(w.doc).decode(), collection, w.key, w.expected)
+            for w in writes
+            if w.expected != 0
+        ]
 
         def work(conn: sqlite3.Connection) -> int:
+            # executemany's rowcount is the sum over its rows: how many writes took effect
             done = 0
-            for w, text in rows:
-                if w.expected == 0:
-                    cur = conn.execute(
-                        "INSERT OR IGNORE INTO read_models VALUES (?, ?, ?, ?)",
-                        (collection, w.key, w.version, text),
-                    )
-                else:
-                    cur = conn.execute(
-                        "UPDATE read_models SET version = ?, doc = ?"
-                        " WHERE collection = ? AND key = ? AND version = ?",
-                        (w.version, text, collection, w.key, w.expected),
-                    )
-                done += cur.rowcount
+            if inserts:
+                done += conn.executemany(
+                    "INSERT OR IGNORE INTO read_models VALUES (?, ?, ?, ?)", inserts
+                ).rowcount
+            if updates:
+                done += conn.executemany(
+                    "UPDATE read_models SET version = ?, doc = ?"
+                    " WHERE collection = ? AND key = ? AND version = ?",
+                    updates,
+                ).rowcount
             return done
 
         return await self._db.run(lambda c: in_transaction(c, work))

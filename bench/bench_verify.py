@@ -1,0 +1,208 @@
+"""Benchmark 2: `audit verify` speed against a raw SHA-256 pass over the same stored bytes.
+
+The log (registry-like events, see bench_replay) is written straight into the embedded store's
+`events` table, then notarised with the real Notary.catch_up (a signed checkpoint every 1000
+events, with its leaf ledger), as `psvis serve` would have done.
+
+psvis:  psvis.audit.verify_store(store, checkpoints, [public key]): checkpoint signatures and
+        Merkle roots, then per event SHA-256 leaf, comparison with the notarised leaf,
+        envelope decode, stream version and prev_hash chain.
+raw:    the same pages (position > ? ORDER BY position LIMIT 5000) from the same table on a
+        plain sqlite3 connection, hashlib.sha256(b"\\x00" + data) per row.
+In memory: LogVerifier.check_checkpoints + check_event over a pre-read list, against
+        sha256 over the same list: where the time goes once SQLite is out of the picture.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import sqlite3
+import sys
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from _common import Result, Row, finish, parser, profile_top, scaled, timer
+from bench_replay import build_log
+
+EVENTS = 200_000
+PAGE = 5000
+
+
+def open_log(path: Path) -> tuple[Any, Any, Any]:
+    from psvis.checkpoints import SqliteCheckpointStore
+    from psvis.clock import FixedClock, RandomIds
+    from psvis.eventstore.sqlite import SqliteEventStore
+    from psvis.sqlite_db import SqliteDatabase
+
+    db = SqliteDatabase(path)
+    clock = FixedClock(datetime(2024, 6, 1, tzinfo=UTC))
+    return db, SqliteEventStore(db, clock, RandomIds()), SqliteCheckpointStore(db)
+
+
+def notarise(path: Path, key: Path) -> tuple[int, Any]:
+    from psvis.clock import FixedClock
+    from psvis.notary import Notary
+    from psvis.signing import Signer
+
+    signer = Signer.load_or_create(key)
+
+    async def run() -> int:
+        db, store, checkpoints = open_log(path)
+        notary = Notary(store, checkpoints, signer, FixedClock(datetime(2024, 6, 1, tzinfo=UTC)))
+        size = await notary.catch_up()
+        await db.close()
+        return size
+
+    return asyncio.run(run()), signer.public
+
+
+def psvis_verify(path: Path, public: Any) -> Any:
+    from psvis.audit import verify_store
+
+    async def run() -> Any:
+        db, store, checkpoints = open_log(path)
+        report = await verify_store(store, checkpoints, [public])
+        await db.close()
+        return report
+
+    return asyncio.run(run())
+
+
+def raw_verify(path: Path) -> int:
+    conn = sqlite3.connect(path, isolation_level=None)
+    sha256 = hashlib.sha256
+    after, n = -1, 0
+    while rows := conn.execute(
+        "SELECT position, stream_id, version, event_id, data FROM events"
+        " WHERE position > ? ORDER BY position LIMIT ?",
+        (after, PAGE),
+    ).fetchall():
+        for row in rows:
+            sha256(b"\x00" + row[4]).digest()
+        after, n = rows[-1][0], n + len(rows)
+    conn.close()
+    return n
+
+
+def read_all(path: Path) -> tuple[list[tuple[int, bytes]], list[Any]]:
+    async def run() -> list[Any]:
+        db, _, checkpoints = open_log(path)
+        records = await checkpoints.all("psvis.events/0")
+        await db.close()
+        return records  # type: ignore[no-any-return]
+
+    conn = sqlite3.connect(path)
+    events = conn.execute("SELECT position, data FROM events ORDER BY position").fetchall()
+    conn.close()
+    return events, asyncio.run(run())
+
+
+def memory_verify(events: list[tuple[int, bytes]], records: list[Any], public: Any) -> Any:
+    from psvis.signing import key_id
+    from psvis.verify import LogVerifier
+
+    verifier = LogVerifier("psvis.events/0", records, {key_id(public): public})
+    verifier.check_checkpoints()
+    for offset, data in events:
+        verifier.check_event(offset, data)
+    verifier.finish()
+    return verifier.report
+
+
+def memory_sha(events: list[tuple[int, bytes]]) -> int:
+    sha256 = hashlib.sha256
+    for _, data in events:
+        sha256(b"\x00" + data).digest()
+    return len(events)
+
+
+def main(argv: list[str] | None = None) -> Result:
+    p = parser(__doc__ or "")
+    p.add_argument("--events", type=int, default=EVENTS)
+    args = p.parse_args(argv)
+    events = scaled(args.events, args.scale, 10)
+    result = Result("audit verify", args.scale)
+    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+        folder = Path(tmp)
+        log = folder / "log.db"
+        with timer() as elapsed:
+            n = build_log(log, events)
+            built = elapsed()
+        with timer() as elapsed:
+            size, public = notarise(log, folder / "keys" / "notary.key")
+            notarised = elapsed()
+        print(
+            f"built a {n:,}-event log in {built:.1f}s, notarised in {notarised:.1f}s"
+            f" ({n / notarised:,.0f} events/s)"
+        )
+        assert size == n
+        raw_verify(log)  # warm the page cache for both sides alike
+        if args.profile:
+            profile_top(lambda: psvis_verify(log, public))
+        with timer() as elapsed:
+            report = psvis_verify(log, public)
+        ps_s = elapsed()
+        assert report.ok and report.events_checked == n, report
+        with timer() as elapsed:
+            m = raw_verify(log)
+        raw_s = elapsed()
+        result.rows.append(
+            Row(
+                "verify_store vs raw sha256 read",
+                "events/s",
+                n / ps_s,
+                m / raw_s,
+                "raw sqlite+sha256",
+                goal=0.5,
+                n=n,
+                note=f"{report.checkpoints_checked} checkpoints, {report.streams:,} streams;"
+                f" psvis {ps_s:.2f}s, raw {raw_s:.2f}s",
+            )
+        )
+        rows, records = read_all(log)
+        with timer() as elapsed:
+            mem = memory_verify(rows, records, public)
+        mem_s = elapsed()
+        assert mem.ok
+        with timer() as elapsed:
+            memory_sha(rows)
+        sha_s = elapsed()
+        result.rows.append(
+            Row(
+                "in memory: LogVerifier vs sha256",
+                "events/s",
+                n / mem_s,
+                n / sha_s,
+                "sha256 only",
+                n=n,
+            )
+        )
+        from psvis.signing import key_id
+        from psvis.verify import LogVerifier
+
+        with timer() as elapsed:
+            LogVerifier("psvis.events/0", records, {key_id(public): public}).check_checkpoints()
+        cp_s = elapsed()
+        result.extra.update(
+            events=n,
+            build_s=built,
+            notary_s=notarised,
+            psvis_s=ps_s,
+            raw_s=raw_s,
+            memory_verify_s=mem_s,
+            memory_sha_s=sha_s,
+            check_checkpoints_s=cp_s,
+        )
+        print(
+            f"of the in-memory {mem_s:.2f}s, check_checkpoints (signatures + rebuilding the"
+            f" Merkle tree from {n:,} leaves) takes {cp_s:.2f}s"
+        )
+    finish(result, args.json)
+    return result
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
