@@ -27,6 +27,22 @@ from psvis.stores import Stores
 CONNECT_TIMEOUT = 10.0
 
 
+def client_options(url: str) -> dict[str, Any]:
+    """Defaults for what the URL does not set (the URL wins; PyMongo lets arguments win).
+
+    A small connection pool: FerretDB 1.24 (SQLite) has 100 SQLite connections in all and
+    deadlocks when writes need more, so a few processes with 16 each stay well below that; on
+    MongoDB raise maxPoolSize in the URL if needed.
+    """
+    defaults = {
+        "maxPoolSize": 16,
+        "serverSelectionTimeoutMS": int(CONNECT_TIMEOUT * 1000),
+        "connectTimeoutMS": int(CONNECT_TIMEOUT * 1000),
+    }
+    query = url.partition("?")[2].lower()
+    return {k: v for k, v in defaults.items() if f"{k.lower()}=" not in query}
+
+
 def redact(url: str) -> str:
     """The URL without its password, fit for a log line or an error message."""
     return re.sub(r"//([^:/@]+):[^@/]*@", r"//\1:***@", url)
@@ -49,9 +65,7 @@ async def open_distributed_stores(settings: Settings, clock: Clock) -> Stores:
         )
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
         settings.mongo_url,
-        serverSelectionTimeoutMS=int(CONNECT_TIMEOUT * 1000),
-        connectTimeoutMS=int(CONNECT_TIMEOUT * 1000),
-        maxPoolSize=200,
+        **client_options(settings.mongo_url),
     )
     try:
         await client.admin.command("ping")
@@ -69,7 +83,7 @@ async def open_distributed_stores(settings: Settings, clock: Clock) -> Stores:
         await client.close()
         raise Unavailable(
             f"Kafka at {settings.kafka_bootstrap} is unreachable or refused topic "
-            f"{events.topic}: {e or type(e).__name__}"
+            f"{events.topic}: {str(e) or type(e).__name__}"
         ) from e
     reads = MongoReadStore(db, settings.namespace)
     checkpoints = MongoCheckpointStore(db, settings.namespace)

@@ -62,6 +62,13 @@ and counts forward. The alternative -- an idempotent producer without transactio
 are contiguous -- has no fencing: a produce request of a relay that died or timed out can still be
 appended after its successor has re-read the topic, and the event would be on Kafka twice.
 log_id = "<topic>/0"; log_size() = number of committed records.
+
+Other MongoDB documents: `published` {_id: stream, version} is the relay's hint of how far each
+stream is on Kafka (the walk from it skips commits already marked, so a stale hint is harmless);
+`relay` {_id: "state"} as above. Only `_id` look-ups and small collections (pending) are queried,
+because FerretDB 1.24 serves every other filter by scanning the whole collection. It also
+deadlocks on large update commands (see BULK_CHUNK), hence the small client pool in
+psvis.distributed. Reading a stream costs one look-up per append it took.
 """
 
 from __future__ import annotations
@@ -80,10 +87,10 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from pymongo import ReturnDocument, UpdateOne
+from pymongo import ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError, DuplicateKeyError
+from pymongo.errors import DuplicateKeyError
 
 from psvis.clock import Clock, IdSource
 from psvis.common.v1 import envelope_pb2 as pb
@@ -97,8 +104,12 @@ log = logging.getLogger(__name__)
 Doc = dict[str, Any]
 STRIDE = 64  # log_index keeps the offset of every STRIDE-th position
 POSITION_HEADER = "psvis-position"
-DUPLICATE_KEY = 11000
 TOPIC_EXISTS = 36
+# FerretDB 1.24 keeps one SQLite connection open per update statement until the whole update
+# command ends (a `defer` in a loop), from a pool of 100: an update command with ~100 statements,
+# or enough of them at once, deadlocks the server for good. So updates go in small commands, and
+# upserts one by one (FerretDB also drops nModified from an update reply holding an E11000).
+BULK_CHUNK = 16
 
 
 def slot(stream_id: str, version: int) -> str:
@@ -310,11 +321,12 @@ class MongoKafkaEventStore:
                 isolation_level="read_committed",
                 enable_auto_commit=False,
                 group_id=None,
-                fetch_max_wait_ms=100,
+                fetch_max_wait_ms=20,
                 auto_offset_reset="earliest",
             )
             await consumer.start()
             consumer.assign([self.tp])
+            consumer.pause(self.tp)
             self._reader = consumer
             return consumer
 
@@ -354,19 +366,45 @@ class MongoKafkaEventStore:
         """
         consumer = await self.consumer()
         consumer.seek(self.tp, offset)
+        consumer.resume(self.tp)
+        try:
+            return await self._scan(consumer, offset, position, first=first, limit=limit, end=end)
+        finally:
+            consumer.pause(self.tp)  # no prefetching (and long-polling) between reads
+
+    async def _scan(
+        self,
+        consumer: AIOKafkaConsumer,
+        offset: int,
+        position: int,
+        *,
+        first: int,
+        limit: int,
+        end: int,
+    ) -> tuple[list[tuple[Any, int]], int, int]:
         out: list[tuple[Any, int]] = []
-        next_offset, pos, idle = offset, position, 0
-        while len(out) < limit and await consumer.position(self.tp) < end:
-            batch = await consumer.getmany(self.tp, timeout_ms=200, max_records=2000)
+        next_offset, pos = offset, position
+        loop = asyncio.get_running_loop()
+        stalled_since = loop.time()
+        complete = True  # every record fetched so far has been counted
+        while len(out) < limit:
+            at = await consumer.position(self.tp)
+            if at >= end:
+                break
+            batch = await consumer.getmany(self.tp, timeout_ms=20, max_records=2000)
             records = batch.get(self.tp, [])
             if not records:
-                idle += 1
-                if idle >= 5:
+                # control records and aborted ones move the position without records; nothing
+                # moving for a second means an open transaction holds the stable offset back
+                if await consumer.position(self.tp) != at:
+                    stalled_since = loop.time()
+                elif loop.time() - stalled_since > 1.0:
                     break
                 continue
-            idle = 0
+            stalled_since = loop.time()
             for record in records:
                 if len(out) >= limit:
+                    complete = False  # the rest was fetched, not counted
                     break
                 stamped = _header(record.headers, POSITION_HEADER)
                 if stamped is not None and int(stamped) != pos:
@@ -377,6 +415,10 @@ class MongoKafkaEventStore:
                 if pos >= first:
                     out.append((record, pos))
                 next_offset, pos = record.offset + 1, pos + 1
+            else:
+                complete = True
+        if complete:  # skip the control records after the last record too
+            next_offset = max(next_offset, await consumer.position(self.tp))
         return out, next_offset, pos
 
     async def read_page(self, after: int, limit: int) -> list[RecordedEvent]:
@@ -660,10 +702,10 @@ class OutboxRelay:
         if resolved:
             await self._coll.pending.delete_many({"_id": {"$in": sorted(resolved)}})
         for pointer in pointers:
-            key, head = pointer["_id"], heads.get(pointer["stream"])
-            if head is None:
+            key, stream_id = pointer["_id"], pointer["stream"]
+            if stream_id not in heads:
                 continue  # not looked at this round
-            if pointer["after"] >= head and key not in resolved:
+            if pointer["after"] >= heads[stream_id] and key not in resolved:
                 # no commit in that slot yet: its appender is slow or died; look again later
                 if self._snoozed.get(key, 0.0) <= now:
                     self._snoozed[key] = now + 2.0
@@ -712,6 +754,7 @@ class OutboxRelay:
                     )
                 sent.append((stream_id, int(event["version"]), position, future))
                 position += 1
+        await producer.flush()  # on the broker, in the open transaction
         await self._fault("sent")
         await producer.commit_transaction()
         records = []
@@ -734,36 +777,23 @@ class OutboxRelay:
                     for c in unpublished
                     if all((stream_id, v) in positions for v in range(c["start"] + 1, c["end"] + 1))
                 ]
-        ops: list[UpdateOne] = []
+        writes: list[Awaitable[Any]] = []
         upto: dict[str, int] = {}
         for claim in claims:
             stream_id = claim["stream"]
             versions = range(claim["start"] + 1, claim["end"] + 1)
-            ops.append(
-                UpdateOne(
-                    {"_id": claim["_id"]},
-                    {
-                        "$set": {
-                            "published": True,
-                            "positions": [positions[(stream_id, v)] for v in versions],
-                        }
-                    },
-                )
-            )
+            mark = {"published": True, "positions": [positions[(stream_id, v)] for v in versions]}
+            writes.append(coll.commits.update_one({"_id": claim["_id"]}, {"$set": mark}))
             upto[stream_id] = max(upto.get(stream_id, 0), claim["end"])
-        if ops:
-            await coll.commits.bulk_write(ops, ordered=False)
-        hints = [
-            UpdateOne({"_id": s}, {"$max": {"version": v}}, upsert=True) for s, v in upto.items()
-        ]
-        anchors = [
-            UpdateOne({"_id": _anchor_id(r.position)}, {"$set": {"offset": r.offset}}, upsert=True)
-            for r in records
-            if r.position % STRIDE == 0
-        ]
-        for target, writes in ((coll.published, hints), (coll.log_index, anchors)):
-            if writes:
-                await _bulk_ignoring_duplicates(target, writes)
+        await _each(writes)
+        await _each(
+            [upsert(coll.published, s, {"$max": {"version": v}}) for s, v in upto.items()]
+            + [
+                upsert(coll.log_index, _anchor_id(r.position), {"$set": {"offset": r.offset}})
+                for r in records
+                if r.position % STRIDE == 0
+            ]
+        )
         await self._fault("marked")
         last = records[-1]
         with contextlib.suppress(DuplicateKeyError):
@@ -783,10 +813,20 @@ def _trace(env: pb.EventEnvelope) -> dict[str, str]:
     return carrier
 
 
-async def _bulk_ignoring_duplicates(coll: AsyncCollection[Doc], ops: list[UpdateOne]) -> None:
-    """Upserts racing another relay may hit E11000; the other relay wrote the same facts."""
+async def upsert(coll: AsyncCollection[Doc], key: str, update: Doc) -> None:
+    """An upsert; FerretDB answers E11000 when two race to create the document: then update it."""
     try:
-        await coll.bulk_write(ops, ordered=False)
-    except BulkWriteError as e:
-        if any(err.get("code") != DUPLICATE_KEY for err in e.details.get("writeErrors", [])):
-            raise
+        await coll.update_one({"_id": key}, update, upsert=True)
+    except DuplicateKeyError:
+        await coll.update_one({"_id": key}, update)
+
+
+async def _each(work: Sequence[Awaitable[Any]], parallel: int = 8) -> None:
+    """Run single-document writes a few at a time (see BULK_CHUNK)."""
+    gate = asyncio.Semaphore(parallel)
+
+    async def one(item: Awaitable[Any]) -> None:
+        async with gate:
+            await item
+
+    await asyncio.gather(*(one(w) for w in work))

@@ -3,14 +3,15 @@
 Documents are stored as {_id: key, version, doc}: `doc` is the document normalised exactly as the
 embedded store keeps it (canonical JSON, so keys sorted and tuples as lists), in BSON, which keeps
 ints and floats apart. A document BSON (or FerretDB) cannot hold exactly -- a key with "." or a
-leading "$" or a NUL, an int beyond 64 bits, -0.0, NaN or infinity -- is stored as its canonical
-JSON text in `json` instead. Either way it comes back exactly as the embedded store returns it.
+leading "$" or a NUL, an int beyond 64 bits, -0.0, NaN or infinity, an array directly inside an
+array (FerretDB) -- is stored as its canonical JSON text in `json` instead. Either way it comes back exactly as the embedded store returns it.
 
 Collections are `<namespace>.rm.<read model>`, positions `<namespace>.projection_positions`.
 
 Conditional writes (put with `expected`) are `{_id, version: expected}` updates, atomic on
 MongoDB. FerretDB 1.24 does not make a filtered update atomic (see psvis.eventstore.mongo_kafka),
-so this adapter also serialises its writes to a collection within the process; two processes
+so this adapter also serialises its writes to a collection within the process, and sends them
+in small commands (BULK_CHUNK: a large update command deadlocks FerretDB 1.24); two processes
 writing one read model at once on FerretDB could still both win. Projection runners fold
 deterministically, so such a race writes equal documents, but run one writer per read model there.
 """
@@ -28,6 +29,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError
 
+from psvis.eventstore.mongo_kafka import BULK_CHUNK, upsert
 from psvis.readstore.port import Document, Write, canonical_json
 
 Doc = dict[str, Any]
@@ -51,8 +53,8 @@ def _bson_exact(value: Any) -> bool:
             and _bson_exact(v)
             for k, v in value.items()
         )
-    if isinstance(value, list):
-        return all(_bson_exact(v) for v in value)
+    if isinstance(value, list):  # FerretDB 1.24 refuses arrays directly inside arrays
+        return all(not isinstance(v, list) and _bson_exact(v) for v in value)
     if isinstance(value, bool) or value is None or isinstance(value, str):
         return True
     if isinstance(value, int):
@@ -126,15 +128,20 @@ class MongoReadStore:
                         {"_id": w.key, "version": w.expected}, {"$set": body, "$unset": unset}
                     )
                 )
+        coll = self._coll(collection)
+        done = 0
         async with self._lock(collection):
-            try:
-                result = await self._coll(collection).bulk_write(ops, ordered=False)
-                return result.inserted_count + result.matched_count
-            except BulkWriteError as e:
-                details = e.details
-                if any(err.get("code") != DUPLICATE_KEY for err in details.get("writeErrors", [])):
-                    raise
-                return int(details.get("nInserted", 0)) + int(details.get("nMatched", 0))
+            for i in range(0, len(ops), BULK_CHUNK):
+                try:
+                    result = await coll.bulk_write(ops[i : i + BULK_CHUNK], ordered=False)
+                    done += result.inserted_count + result.matched_count
+                except BulkWriteError as e:
+                    details = e.details
+                    errors = details.get("writeErrors", [])
+                    if any(err.get("code") != DUPLICATE_KEY for err in errors):
+                        raise
+                    done += int(details.get("nInserted", 0)) + int(details.get("nMatched", 0))
+        return done
 
     async def list(self, collection: str) -> list[tuple[str, Document]]:
         rows = [(str(d["_id"]), decode(d)) async for d in self._coll(collection).find({})]
@@ -147,9 +154,7 @@ class MongoReadStore:
 
     async def set_position(self, projection: str, position: int) -> None:
         async with self._lock("\x00positions"):
-            await self._positions.update_one(
-                {"_id": projection}, {"$max": {"position": position}}, upsert=True
-            )
+            await upsert(self._positions, projection, {"$max": {"position": position}})
 
     async def drop_all(self) -> None:
         for name in await self._db.list_collection_names():
