@@ -15,6 +15,7 @@ from psvis.envelope import RecordedEvent
 from psvis.eventstore.port import EventStore
 from psvis.payloads import decode_payload
 from psvis.readstore.port import Document, ReadStore, Write
+from psvis.telemetry import consumer_span
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +48,14 @@ class ProjectionRunner:
         projections: Sequence[StreamProjection],
         *,
         batch: int = 2000,
+        traced: bool = False,
     ) -> None:
         self.name = name
         self._log = log_source
         self._store = store
         self._projections = projections
         self._batch = batch
+        self._traced = traced  # live consumers continue the command's trace; replays do not
         self._lock = asyncio.Lock()
         self.position = -2  # unknown until loaded
         self._advanced = asyncio.Condition()
@@ -139,7 +142,11 @@ class ProjectionRunner:
             if event.version != version + 1:
                 raise RuntimeError(f"{event.stream_id}: version {event.version} after {version}")
             env = event.envelope
-            doc = projection.fold(doc, decode_payload(env), env)
+            if self._traced and env.trace.traceparent:
+                with consumer_span(f"project {env.type}", env.trace, event):
+                    doc = projection.fold(doc, decode_payload(env), env)
+            else:
+                doc = projection.fold(doc, decode_payload(env), env)
             current[key] = (doc, event.version)
             first = writes.get(key)
             expected = first.expected if first else version

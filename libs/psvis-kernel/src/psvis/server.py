@@ -81,6 +81,7 @@ async def start_platform(
         stores.events,
         stores.reads,
         [p for s in services for p in s.projections],
+        traced=True,
     )
     platform = Platform(stores.events, stores.reads, runner, pack, clock)
     ensure_dev_pki(settings.pki_dir)

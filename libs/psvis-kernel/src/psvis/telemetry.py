@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import propagate, trace
+from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+
+if TYPE_CHECKING:
+    from psvis.common.v1 import envelope_pb2 as pb
+    from psvis.envelope import RecordedEvent
 
 tracer = trace.get_tracer("psvis")
 
@@ -28,5 +34,21 @@ def trace_headers() -> dict[str, str]:
     return carrier
 
 
-def context_from(carrier: dict[str, str]) -> object:
+def consumer_span(name: str, trace_context: pb.TraceContext, event: RecordedEvent) -> Any:
+    """A span for consuming an event, child of the span that appended it (W3C trace context)."""
+    carrier = {"traceparent": trace_context.traceparent, "tracestate": trace_context.tracestate}
+    return tracer.start_as_current_span(
+        name,
+        context=propagate.extract(carrier),
+        kind=trace.SpanKind.CONSUMER,
+        attributes={
+            "psvis.stream_id": event.stream_id,
+            "psvis.stream_version": event.version,
+            "psvis.event_id": event.event_id,
+        },
+    )
+
+
+def context_from(carrier: dict[str, str]) -> Context:
+    """The trace context carried in an envelope or in Kafka headers."""
     return propagate.extract(carrier)

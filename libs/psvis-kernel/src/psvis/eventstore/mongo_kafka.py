@@ -746,7 +746,7 @@ class OutboxRelay:
                 parent = context_from(_trace(env)) if env.trace.traceparent else None
                 with tracer.start_as_current_span(
                     "psvis.outbox.publish",
-                    context=parent,  # type: ignore[arg-type]
+                    context=parent,
                     attributes={"psvis.stream_id": stream_id, "psvis.position": position},
                 ):
                     future = await producer.send(
