@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
@@ -123,3 +123,36 @@ def citation_of(env: pb.EventEnvelope) -> Citation | None:
         return None
     r = env.refusal
     return Citation(rule=r.rule, article=r.article, spec=r.spec, reason=r.reason)
+
+
+def seal_stream(
+    events: Sequence[NewEvent],
+    event_ids: Sequence[str],
+    *,
+    stream_id: str,
+    head_version: int,
+    head_hash: bytes,
+    recorded_at: datetime,
+    first_position: int = -1,
+) -> list[RecordedEvent]:
+    """Seal events that follow a stream head, each linked to the one before it.
+
+    Positions count up from first_position; -1 leaves them to the log (Kafka assigns them).
+    """
+    out: list[RecordedEvent] = []
+    prev, version, position = head_hash, head_version, first_position
+    for event, event_id in zip(events, event_ids, strict=True):
+        version += 1
+        data = seal(
+            event,
+            event_id=event_id,
+            stream_id=stream_id,
+            version=version,
+            prev_hash=prev,
+            recorded_at=recorded_at,
+        )
+        out.append(RecordedEvent(position, stream_id, version, event_id, data))
+        prev = event_hash(data)
+        if first_position >= 0:
+            position += 1
+    return out

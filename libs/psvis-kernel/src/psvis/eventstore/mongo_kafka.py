@@ -94,7 +94,7 @@ from pymongo.errors import DuplicateKeyError
 
 from psvis.clock import Clock, IdSource
 from psvis.common.v1 import envelope_pb2 as pb
-from psvis.envelope import NewEvent, RecordedEvent, event_hash, seal
+from psvis.envelope import NewEvent, RecordedEvent, seal_stream
 from psvis.errors import ConcurrencyConflict, Unavailable
 from psvis.eventstore.port import StreamHead
 from psvis.telemetry import context_from, tracer
@@ -216,21 +216,15 @@ class MongoKafkaEventStore:
         if not events:
             return []
         recorded_at = self._clock.now()
-        out: list[RecordedEvent] = []
-        prev, version = head_hash, expected_version
-        for event in events:
-            version += 1
-            event_id = self._ids.new_id()
-            data = seal(
-                event,
-                event_id=event_id,
-                stream_id=stream_id,
-                version=version,
-                prev_hash=prev,
-                recorded_at=recorded_at,
-            )
-            out.append(RecordedEvent(-1, stream_id, version, event_id, data))
-            prev = event_hash(data)
+        out = seal_stream(
+            events,
+            [self._ids.new_id() for _ in events],
+            stream_id=stream_id,
+            head_version=expected_version,
+            head_hash=head_hash,
+            recorded_at=recorded_at,
+        )
+        version, prev = out[-1].version, out[-1].hash
         key = slot(stream_id, expected_version)
         with contextlib.suppress(DuplicateKeyError):
             await self.coll.pending.insert_one(

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from psvis.clock import Clock, IdSource
-from psvis.envelope import NewEvent, RecordedEvent, event_hash, seal
+from psvis.envelope import NewEvent, RecordedEvent, seal_stream
 from psvis.errors import ConcurrencyConflict
 from psvis.eventstore.port import StreamHead
 from psvis.sqlite_db import SqliteDatabase, in_transaction
@@ -124,20 +124,17 @@ class SqliteEventStore:
             if head.version != expected:
                 raise ConcurrencyConflict(stream_id, expected, head.version)
             (last,) = conn.execute("SELECT COALESCE(MAX(position), -1) FROM events").fetchone()
-            out: list[RecordedEvent] = []
-            prev, version, position = head.hash, head.version, last
-            for event, event_id in zip(events, ids, strict=True):
-                version, position = version + 1, position + 1
-                data = seal(
-                    event,
-                    event_id=event_id,
-                    stream_id=stream_id,
-                    version=version,
-                    prev_hash=prev,
-                    recorded_at=recorded_at,
-                )
-                out.append(RecordedEvent(position, stream_id, version, event_id, data))
-                prev = event_hash(data)
+            out = seal_stream(
+                events,
+                ids,
+                stream_id=stream_id,
+                head_version=head.version,
+                head_hash=head.hash,
+                recorded_at=recorded_at,
+                first_position=last + 1,
+            )
+            if not out:
+                return out
             conn.executemany(
                 "INSERT INTO events (position, stream_id, version, event_id, data)"
                 " VALUES (?, ?, ?, ?, ?)",
@@ -147,7 +144,7 @@ class SqliteEventStore:
                 "INSERT INTO stream_heads (stream_id, version, hash) VALUES (?, ?, ?)"
                 " ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version,"
                 " hash = excluded.hash",
-                (stream_id, version, prev),
+                (stream_id, out[-1].version, out[-1].hash),
             )
             return out
 
