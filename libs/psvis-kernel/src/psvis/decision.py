@@ -12,7 +12,7 @@ from typing import Generic, TypeVar
 from google.protobuf.message import Message
 
 from psvis.envelope import Actor, NewEvent, RecordedEvent
-from psvis.errors import Citation, ConcurrencyConflict, InvalidArgument, RuleRefusal, Unavailable
+from psvis.errors import Citation, ConcurrencyConflict, RuleRefusal, Unavailable
 from psvis.eventstore.port import EventStore
 from psvis.payloads import decode_payload
 
@@ -88,8 +88,3 @@ async def execute(
             raise RuleRefusal(refusal, stream_id=stream_id, version=recorded.version)
         return recorded
     raise Unavailable(f"stream {stream_id} is too busy: gave up after {attempts} attempts; retry")
-
-
-def require(condition: bool, message: str) -> None:
-    if not condition:
-        raise InvalidArgument(message)

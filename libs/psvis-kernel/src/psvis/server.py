@@ -9,7 +9,6 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import grpc
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
@@ -128,7 +127,3 @@ async def serve(settings: Settings, ready: Callable[[RunningPlatform], None] | N
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     await running.stop()
-
-
-def data_path(settings: Settings) -> Path:
-    return settings.data_dir.resolve()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -215,58 +216,62 @@ def _get(args: argparse.Namespace) -> int:
     return run_rpc(call)
 
 
-def _list(args: argparse.Namespace) -> int:
+def _show(
+    args: argparse.Namespace,
+    query: Callable[[reg_grpc.RegistryServiceStub], Awaitable[Message]],
+    rows: Callable[[Any], list[str]],
+    empty: str,
+) -> int:
+    """Run a query: JSON with --json, else one line per row (or `empty`)."""
+
     async def call() -> None:
-        request = reg.ListSystemsRequest(managing_unit=args.unit or "", state=args.state or "",
-                                         address_code_prefix=args.address_code or "", page_size=args.limit)  # fmt: skip
-        response = await _stub(args).ListSystems(request)
-        if args.json:
-            print(to_json(response))
-            return
-        if not response.systems:
-            print("no systems")
-        for s in response.systems:
-            print(
-                f"{s.system_id:20} {s.state:16} {s.camera_count:3} cameras  v{s.version:<4} {s.managing_unit:14} {s.name}"
-            )
+        response = await query(_stub(args))
+        print(to_json(response) if args.json else "\n".join(rows(response)) or empty)
 
     return run_rpc(call)
+
+
+def _list(args: argparse.Namespace) -> int:
+    request = reg.ListSystemsRequest(managing_unit=args.unit or "", state=args.state or "",
+                                     address_code_prefix=args.address_code or "", page_size=args.limit)  # fmt: skip
+    return _show(
+        args,
+        lambda stub: stub.ListSystems(request),
+        lambda r: [
+            f"{s.system_id:20} {s.state:16} {s.camera_count:3} cameras  v{s.version:<4} {s.managing_unit:14} {s.name}"
+            for s in r.systems
+        ],
+        "no systems",
+    )
 
 
 def _cameras(args: argparse.Namespace) -> int:
-    async def call() -> None:
-        box = args.bbox or [0.0, 0.0, 0.0, 0.0]
-        request = reg.SearchCamerasRequest(address_code_prefix=args.address_code or "", min_longitude=box[0],
-                                           min_latitude=box[1], max_longitude=box[2], max_latitude=box[3], page_size=args.limit)  # fmt: skip
-        response = await _stub(args).SearchCameras(request)
-        if args.json:
-            print(to_json(response))
-            return
-        for hit in response.cameras:
-            c = hit.camera
-            print(
-                f"{hit.system_id:20} {c.camera_id:12} {c.device_type:10} {c.place:12} ({c.location.longitude}, {c.location.latitude}) {c.address_code}"
-            )
-
-    return run_rpc(call)
+    box = args.bbox or [0.0, 0.0, 0.0, 0.0]
+    request = reg.SearchCamerasRequest(address_code_prefix=args.address_code or "", min_longitude=box[0],
+                                       min_latitude=box[1], max_longitude=box[2], max_latitude=box[3], page_size=args.limit)  # fmt: skip
+    return _show(
+        args,
+        lambda stub: stub.SearchCameras(request),
+        lambda r: [
+            f"{h.system_id:20} {h.camera.camera_id:12} {h.camera.device_type:10} {h.camera.place:12} "
+            f"({h.camera.location.longitude}, {h.camera.location.latitude}) {h.camera.address_code}"
+            for h in r.cameras
+        ],
+        "no cameras",
+    )
 
 
 def _findings(args: argparse.Namespace) -> int:
-    async def call() -> None:
-        response = await _stub(args).ListFindings(
-            reg.ListFindingsRequest(as_of=args.as_of or "", spec=args.spec or "")
-        )
-        if args.json:
-            print(to_json(response))
-            return
-        if not response.findings:
-            print("no findings")
-        for f in response.findings:
-            print(
-                f"{f.status:8} {f.spec:6} {f.article:16} {f.subject:22} since {f.since}: {f.detail}"
-            )
-
-    return run_rpc(call)
+    request = reg.ListFindingsRequest(as_of=args.as_of or "", spec=args.spec or "")
+    return _show(
+        args,
+        lambda stub: stub.ListFindings(request),
+        lambda r: [
+            f"{f.status:8} {f.spec:6} {f.article:16} {f.subject:22} since {f.since}: {f.detail}"
+            for f in r.findings
+        ],
+        "no findings",
+    )
 
 
 def add_cli(sub: Any) -> None:

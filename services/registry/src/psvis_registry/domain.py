@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from google.protobuf.message import Message
 from psvis.decision import Aggregate, Refused
-from psvis.errors import AlreadyExists, InvalidArgument, NotFound
+from psvis.errors import InvalidArgument, NotFound
 from psvis.registry.v1 import registry_pb2 as reg
 
 # REG-5: planned -> design reviewed -> built -> accepted -> in use -> relocated / removed;
@@ -39,11 +39,6 @@ class SystemState:
     def require_camera(self, camera_id: str) -> None:
         if camera_id not in self.cameras:
             raise InvalidArgument(f"system {self.system_id} has no camera {camera_id!r}")
-
-
-def new_registration_check(state: SystemState) -> None:
-    if state.registered:
-        raise AlreadyExists(f"video system {state.system_id} is already registered")
 
 
 def evolve(state: SystemState, event: Message) -> None:
