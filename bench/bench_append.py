@@ -64,10 +64,16 @@ def open_psvis(path: Path) -> Any:
 
 
 def psvis_append(path: Path, aggregates: int, per: int, batch: int) -> tuple[int, float, int]:
-    """Returns (events, seconds, bytes of one stored event)."""
-    ev = new_event()
+    """Returns (events, seconds, bytes of one stored event).
+
+    Each call gets new NewEvent objects (as eventsourcing gets new StoredEvents), around one
+    payload message built beforehand (as eventsourcing's state blob is).
+    """
+    from psvis.envelope import Actor, NewEvent
+
+    body = payload()
+    actor = Actor("unit-a", ("officer-1",), "inspector")
     streams = [f"system-{uuid.uuid4()}" for _ in range(aggregates)]
-    events = [ev] * batch
 
     async def run() -> tuple[int, float, int]:
         db, store = open_psvis(path)
@@ -75,6 +81,8 @@ def psvis_append(path: Path, aggregates: int, per: int, batch: int) -> tuple[int
         with timer() as elapsed:
             for v in range(0, per, batch):
                 for s in streams:
+                    now = datetime.now(UTC)
+                    events = [NewEvent(body, now, actor) for _ in range(batch)]
                     recorded = await store.append(s, v, events)
         size = len(recorded[0].data)
         seconds = elapsed()
@@ -130,24 +138,6 @@ def es_append_threads(
             t.join()
     seconds = elapsed()
     datastore.close()
-    return aggregates * per, seconds
-
-
-def psvis_append_no_hop(path: Path, aggregates: int, per: int) -> tuple[int, float]:
-    """Diagnostic: the same transaction work, called on the caller's thread (private API)."""
-    from psvis.sqlite_db import in_transaction
-
-    ev = new_event()
-    streams = [f"system-{uuid.uuid4()}" for _ in range(aggregates)]
-    db, store = open_psvis(path)
-    conn, clock, ids = db._conn, store._clock, store._ids
-    with timer() as elapsed:
-        for v in range(per):
-            for s in streams:
-                work = store._appender(s, v, [ev], [ids.new_id()], clock.now())
-                in_transaction(conn, work)
-    seconds = elapsed()
-    asyncio.run(db.close())
     return aggregates * per, seconds
 
 
@@ -316,19 +306,6 @@ def main(argv: list[str] | None = None) -> Result:
                 "es mapper+recorder",
                 n=n,
                 note=f"eventsourcing builds a DomainEvent and JSON-encodes it ({es_size} B)",
-            )
-        )
-        k, nohop_s = psvis_append_no_hop(folder / "psvis-nohop.db", small, per)
-        m, es_small_s = es_append(folder / "es-small.db", small, per, 1, size, "NORMAL")
-        result.rows.append(
-            Row(
-                "1 event/append, psvis w/o thread hop",
-                "events/s",
-                k / nohop_s,
-                m / es_small_s,
-                "es recorder",
-                n=k,
-                note="diagnostic: the append transaction run on the caller's thread (private API)",
             )
         )
         m, es_full_s = es_append(folder / "es-full.db", small, per, 1, size, None)

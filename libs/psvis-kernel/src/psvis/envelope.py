@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import cached_property
 
 from google.protobuf.message import Message
@@ -57,6 +57,15 @@ class RecordedEvent:
     def hash(self) -> bytes:
         return event_hash(self.data)
 
+    @classmethod
+    def sealed(
+        cls, position: int, stream_id: str, version: int, event_id: str, data: bytes, hash_: bytes
+    ) -> RecordedEvent:
+        """An event just sealed, whose hash (event_hash(data)) the sealer has computed already."""
+        event = cls(position, stream_id, version, event_id, data)
+        event.__dict__["hash"] = hash_  # where cached_property keeps it
+        return event
+
     @property
     def type(self) -> str:
         return str(self.envelope.type)
@@ -71,10 +80,13 @@ def event_hash(data: bytes) -> bytes:
     return hashlib.sha256(b"\x00" + data).digest()
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def timestamp(moment: datetime) -> Timestamp:
-    ts = Timestamp()
-    ts.FromDatetime(moment)
-    return ts
+    """Timestamp.FromDatetime's result (a naive datetime is UTC), in a third of its time."""
+    since = (moment if moment.tzinfo else moment.replace(tzinfo=UTC)) - _EPOCH
+    return Timestamp(seconds=since.days * 86_400 + since.seconds, nanos=since.microseconds * 1000)
 
 
 def seal(
@@ -87,33 +99,59 @@ def seal(
     recorded_at: datetime,
 ) -> bytes:
     """Serialise an event into the bytes the log keeps; deterministic for one input."""
+    return _seal(
+        event, event_id, stream_id, version, prev_hash, timestamp(recorded_at), _context(event)
+    )
+
+
+# occurred_at, actor and trace of an event as envelope fields: built once for the events of
+# one command, which share them
+_Context = tuple[Timestamp, pb.Actor, pb.TraceContext]
+
+
+def _context(event: NewEvent) -> _Context:
+    actor, trace = event.actor, event.trace
+    return (
+        timestamp(event.occurred_at),
+        pb.Actor(agency=actor.agency, officers=actor.officers, role=actor.role),
+        pb.TraceContext(
+            traceparent=trace.get("traceparent", ""), tracestate=trace.get("tracestate", "")
+        ),
+    )
+
+
+def _same_context(a: NewEvent, b: NewEvent) -> bool:
+    return a.occurred_at == b.occurred_at and a.actor == b.actor and a.trace == b.trace
+
+
+def _seal(
+    event: NewEvent,
+    event_id: str,
+    stream_id: str,
+    version: int,
+    prev_hash: bytes,
+    recorded_at: Timestamp,
+    context: _Context,
+) -> bytes:
+    occurred_at, actor, trace = context
     env = pb.EventEnvelope(
         event_id=event_id,
         stream_id=stream_id,
         stream_version=version,
-        type=event.type,
-        occurred_at=timestamp(event.occurred_at),
-        recorded_at=timestamp(recorded_at),
-        actor=pb.Actor(
-            agency=event.actor.agency, officers=list(event.actor.officers), role=event.actor.role
-        ),
+        type=event.payload.DESCRIPTOR.full_name,
+        occurred_at=occurred_at,
+        recorded_at=recorded_at,
+        actor=actor,
         causation_id=event.causation_id,
         correlation_id=event.correlation_id,
-        trace=pb.TraceContext(
-            traceparent=event.trace.get("traceparent", ""),
-            tracestate=event.trace.get("tracestate", ""),
-        ),
+        trace=trace,
         payload=event.payload.SerializeToString(deterministic=True),
         prev_hash=prev_hash,
     )
     if event.refusal is not None:
+        r = event.refusal
         env.refusal.CopyFrom(
-            pb.Citation(
-                rule=event.refusal.rule,
-                article=event.refusal.article,
-                spec=event.refusal.spec,
-                reason=event.refusal.reason,
-            )
+            pb.Citation(rule=r.rule, article=r.article, spec=r.spec, reason=r.reason)
         )
     return env.SerializeToString(deterministic=True)
 
@@ -141,18 +179,15 @@ def seal_stream(
     """
     out: list[RecordedEvent] = []
     prev, version, position = head_hash, head_version, first_position
+    recorded = timestamp(recorded_at)
+    context, context_of = None, None
     for event, event_id in zip(events, event_ids, strict=True):
+        if context is None or context_of is None or not _same_context(event, context_of):
+            context, context_of = _context(event), event
         version += 1
-        data = seal(
-            event,
-            event_id=event_id,
-            stream_id=stream_id,
-            version=version,
-            prev_hash=prev,
-            recorded_at=recorded_at,
-        )
-        out.append(RecordedEvent(position, stream_id, version, event_id, data))
+        data = _seal(event, event_id, stream_id, version, prev, recorded, context)
         prev = event_hash(data)
+        out.append(RecordedEvent.sealed(position, stream_id, version, event_id, data, prev))
         if first_position >= 0:
             position += 1
     return out

@@ -39,4 +39,11 @@ class Settings:
 
     @property
     def sqlite_path(self) -> Path:
+        """The embedded log, stream index and notary checkpoints."""
         return self.data_dir / "psvis.db"
+
+    @property
+    def read_models_path(self) -> Path:
+        """The embedded read models: a file of their own, so that projection writes never wait
+        on appends (SQLite has one writer per file), and deleting it only costs a replay."""
+        return self.data_dir / "read-models.db"

@@ -20,17 +20,7 @@ class SqliteDatabase:
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
-        self._conn = self._executor.submit(self._connect).result()
-
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        # checkpoint (and fsync) the WAL every 64 MiB rather than every 4 MiB: each append
-        # dirties ~6 scattered pages, so the default checkpoints every ~170 commits
-        conn.execute("PRAGMA wal_autocheckpoint=16384")
-        conn.execute("PRAGMA busy_timeout=10000")
-        return conn
+        self._conn = self._executor.submit(connect, self.path).result()
 
     async def run(self, work: Callable[[sqlite3.Connection], T]) -> T:
         loop = asyncio.get_running_loop()
@@ -54,3 +44,12 @@ def in_transaction(conn: sqlite3.Connection, work: Callable[[sqlite3.Connection]
         raise
     conn.execute("COMMIT")
     return result
+
+
+def connect(path: str) -> sqlite3.Connection:
+    """A connection in autocommit mode (transactions are explicit), WAL, synchronous=NORMAL."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA busy_timeout=10000")
+    return conn

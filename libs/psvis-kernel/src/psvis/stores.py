@@ -28,12 +28,22 @@ class Stores:
 async def open_stores(settings: Settings, clock: Clock | None = None) -> Stores:
     clock = clock or SystemClock()
     if settings.backend == "embedded":
-        db = SqliteDatabase(settings.sqlite_path)
+        log_db = SqliteDatabase(settings.sqlite_path)
+        reads_db = SqliteDatabase(settings.read_models_path)
+        events = SqliteEventStore(log_db, clock, RandomIds())
+
+        async def close() -> None:
+            try:
+                await events.close()
+            finally:
+                await log_db.close()
+                await reads_db.close()
+
         return Stores(
-            events=SqliteEventStore(db, clock, RandomIds()),
-            reads=SqliteReadStore(db),
-            checkpoints=SqliteCheckpointStore(db),
-            close=db.close,
+            events=events,
+            reads=SqliteReadStore(reads_db),
+            checkpoints=SqliteCheckpointStore(log_db),
+            close=close,
             background=[],
         )
     if settings.backend == "distributed":

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 from psvis.clock import Clock, IdSource
 from psvis.envelope import NewEvent, RecordedEvent, seal_stream
 from psvis.errors import ConcurrencyConflict
 from psvis.eventstore.port import StreamHead
-from psvis.sqlite_db import SqliteDatabase, in_transaction
+from psvis.eventstore.sqlite_index import StreamIndex
+from psvis.sqlite_db import SqliteDatabase, connect, in_transaction
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -21,43 +22,34 @@ CREATE TABLE IF NOT EXISTS events (
     stream_id TEXT NOT NULL,
     version INTEGER NOT NULL,
     event_id TEXT NOT NULL,
-    data BLOB NOT NULL,
-    UNIQUE (stream_id, version)
-);
-CREATE TABLE IF NOT EXISTS stream_heads (
-    stream_id TEXT PRIMARY KEY,
-    version INTEGER NOT NULL,
-    hash BLOB NOT NULL
+    data BLOB NOT NULL
 );
 """
 
+INSERT = "INSERT INTO events (position, stream_id, version, event_id, data) VALUES (?, ?, ?, ?, ?)"
 
-Work = Callable[[sqlite3.Connection], list[RecordedEvent]]
 
-
-def _all(
-    works: list[Work],
-) -> Callable[[sqlite3.Connection], list[list[RecordedEvent] | Exception]]:
-    """One transaction's work for a group of appends: each alone in a savepoint."""
-
-    def run(conn: sqlite3.Connection) -> list[list[RecordedEvent] | Exception]:
-        if len(works) == 1:
-            return [works[0](conn)]  # an error rolls back the whole (one-append) transaction
-        results: list[list[RecordedEvent] | Exception] = []
-        for work in works:
-            conn.execute("SAVEPOINT append")
-            try:
-                results.append(work(conn))
-            except Exception as e:
-                conn.execute("ROLLBACK TO append")
-                results.append(e)
-            conn.execute("RELEASE append")
-        return results
-
-    return run
+@dataclass
+class _Append:
+    stream_id: str
+    expected: int
+    events: Sequence[NewEvent]
+    ids: list[str]
+    recorded_at: datetime
+    done: asyncio.Future[list[RecordedEvent]]
 
 
 class SqliteEventStore:
+    """The log is the `events` table, ordered by position; the only write of an append is its rows.
+
+    Appends are written on the event loop's thread, on a connection of their own: one short
+    transaction costs less than handing it to another thread. Appends that arrive in the same
+    turn of the loop share one transaction (group commit); the log keeps the order in which
+    append was called. Optimistic concurrency is checked against the stream heads kept by
+    StreamIndex; a position already taken (another process appended) makes the writer learn the
+    log it missed and decide again. Reads of pages go to the database's thread.
+    """
+
     def __init__(
         self, db: SqliteDatabase, clock: Clock, ids: IdSource, log_id: str = "psvis.events/0"
     ) -> None:
@@ -66,98 +58,115 @@ class SqliteEventStore:
         self._ids = ids
         self.log_id = log_id
         self._appended = asyncio.Event()
-        self._waiting: list[tuple[Work, asyncio.Future[list[RecordedEvent]]]] = []
-        self._committer: asyncio.Future[None] | None = None
-        db.run_sync(lambda c: c.executescript(SCHEMA))
+        self._queue: list[_Append] = []
+        self._scheduled = False
+        self._conn = connect(db.path)
+        self._conn.executescript(SCHEMA)
+        self._index = StreamIndex(self._conn)
 
     async def append(
         self, stream_id: str, expected_version: int, events: Sequence[NewEvent]
     ) -> list[RecordedEvent]:
-        """Appends that arrive while a commit runs share the next transaction (group commit).
+        loop = asyncio.get_running_loop()
+        request = _Append(
+            stream_id,
+            expected_version,
+            events,
+            [self._ids.new_id() for _ in events],
+            self._clock.now(),
+            loop.create_future(),
+        )
+        self._queue.append(request)
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._write_queue)
+        return await request.done
 
-        Each runs in its own SAVEPOINT, so a conflict fails that append alone; the order of
-        the log is the order in which append was called.
-        """
-        recorded_at = self._clock.now()
-        ids = [self._ids.new_id() for _ in events]
-        work = self._appender(stream_id, expected_version, events, ids, recorded_at)
-        done: asyncio.Future[list[RecordedEvent]] = asyncio.get_running_loop().create_future()
-        self._waiting.append((work, done))
-        if self._committer is None:
-            self._committer = asyncio.ensure_future(self._commit_waiting())
-        return await done
-
-    async def _commit_waiting(self) -> None:
+    def _write_queue(self) -> None:
+        group, self._queue, self._scheduled = self._queue, [], False
         try:
-            while self._waiting:
-                group, self._waiting = self._waiting, []
-                works = [work for work, _ in group]
-                results: list[list[RecordedEvent] | Exception]
-                try:
-                    results = await self._db.run(
-                        functools.partial(in_transaction, work=_all(works))
-                    )
-                except Exception as e:  # the transaction as a whole failed
-                    results = [e] * len(group)
-                for (_, done), result in zip(group, results, strict=True):
-                    if done.done():
-                        continue
-                    if isinstance(result, Exception):
-                        done.set_exception(result)
-                    else:
-                        done.set_result(result)
-                self._appended.set()
-                self._appended = asyncio.Event()
-        finally:
-            self._committer = None
+            results = self._write(group)
+        except Exception as e:  # the transaction as a whole failed: nothing was written
+            results = [e] * len(group)
+        for request, result in zip(group, results, strict=True):
+            if request.done.done():
+                continue  # the caller was cancelled
+            if isinstance(result, Exception):
+                request.done.set_exception(result)
+            else:
+                request.done.set_result(result)
+        self._appended.set()
+        self._appended = asyncio.Event()
 
-    def _appender(
-        self,
-        stream_id: str,
-        expected: int,
-        events: Sequence[NewEvent],
-        ids: list[str],
-        recorded_at: datetime,
-    ) -> Work:
-        def work(conn: sqlite3.Connection) -> list[RecordedEvent]:
-            head = _head(conn, stream_id)
-            if head.version != expected:
-                raise ConcurrencyConflict(stream_id, expected, head.version)
-            (last,) = conn.execute("SELECT COALESCE(MAX(position), -1) FROM events").fetchone()
-            out = seal_stream(
-                events,
-                ids,
-                stream_id=stream_id,
-                head_version=head.version,
-                head_hash=head.hash,
-                recorded_at=recorded_at,
-                first_position=last + 1,
-            )
-            if not out:
-                return out
-            conn.executemany(
-                "INSERT INTO events (position, stream_id, version, event_id, data)"
-                " VALUES (?, ?, ?, ?, ?)",
-                [(r.position, r.stream_id, r.version, r.event_id, r.data) for r in out],
-            )
-            conn.execute(
-                "INSERT INTO stream_heads (stream_id, version, hash) VALUES (?, ?, ?)"
-                " ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version,"
-                " hash = excluded.hash",
-                (stream_id, out[-1].version, out[-1].hash),
-            )
-            return out
+    def _write(self, group: list[_Append]) -> list[list[RecordedEvent] | Exception]:
+        while True:
+            results, rows = self._decide(group)
+            try:
+                self._insert(rows)
+            except sqlite3.IntegrityError:
+                self._index.learn_from_log()  # another writer took the position: decide again
+                continue
+            self._index.appended(rows)
+            return results
 
-        return work
+    def _decide(
+        self, group: list[_Append]
+    ) -> tuple[list[list[RecordedEvent] | Exception], list[RecordedEvent]]:
+        results: list[list[RecordedEvent] | Exception] = []
+        rows: list[RecordedEvent] = []
+        heads: dict[str, StreamHead] = {}  # as they will be once this group is written
+        position = self._index.known + 1
+        for request in group:
+            head = heads.get(request.stream_id) or self._index.head(request.stream_id)
+            if head.version != request.expected:
+                results.append(
+                    ConcurrencyConflict(request.stream_id, request.expected, head.version)
+                )
+                continue
+            try:
+                out = seal_stream(
+                    request.events,
+                    request.ids,
+                    stream_id=request.stream_id,
+                    head_version=head.version,
+                    head_hash=head.hash,
+                    recorded_at=request.recorded_at,
+                    first_position=position,
+                )
+            except Exception as e:
+                results.append(e)
+                continue
+            results.append(out)
+            if out:
+                rows.extend(out)
+                position += len(out)
+                heads[request.stream_id] = StreamHead(out[-1].version, out[-1].hash)
+        return results, rows
+
+    def _insert(self, rows: list[RecordedEvent]) -> None:
+        values = [(r.position, r.stream_id, r.version, r.event_id, r.data) for r in rows]
+        if len(values) == 1:
+            self._conn.execute(INSERT, values[0])  # a transaction of its own
+        elif values:
+            in_transaction(self._conn, lambda c: c.executemany(INSERT, values))
+
+    def _fresh(self) -> StreamIndex:
+        """The index, having learnt whatever other writers appended."""
+        (last,) = self._conn.execute("SELECT COALESCE(MAX(position), -1) FROM events").fetchone()
+        if last > self._index.known:
+            self._index.learn_from_log()
+        return self._index
 
     async def read_stream(self, stream_id: str) -> list[RecordedEvent]:
-        rows = await self._db.run(
-            lambda c: c.execute(
+        positions = self._fresh().positions(stream_id)
+        rows: list[tuple[int, str, int, str, bytes]] = []
+        for start in range(0, len(positions), 500):
+            chunk = positions[start : start + 500]
+            rows += self._conn.execute(
                 "SELECT position, stream_id, version, event_id, data FROM events"
-                " WHERE stream_id = ? ORDER BY version",
-                (stream_id,),
+                f" WHERE position IN ({','.join('?' * len(chunk))}) ORDER BY position",
+                chunk,
             ).fetchall()
-        )
         return [RecordedEvent(*row) for row in rows]
 
     async def read_page_bytes(self, after: int, limit: int) -> list[tuple[int, bytes]]:
@@ -170,7 +179,7 @@ class SqliteEventStore:
         )
 
     async def head(self, stream_id: str) -> StreamHead:
-        return await self._db.run(lambda c: _head(c, stream_id))
+        return self._fresh().head(stream_id)
 
     async def read_page(self, after: int, limit: int) -> list[RecordedEvent]:
         rows = await self._db.run(lambda c: _log_page(c, after, limit))
@@ -188,14 +197,9 @@ class SqliteEventStore:
         return int(n)
 
     async def close(self) -> None:
-        """The database is owned by whoever opened it."""
-
-
-def _head(conn: sqlite3.Connection, stream_id: str) -> StreamHead:
-    row = conn.execute(
-        "SELECT version, hash FROM stream_heads WHERE stream_id = ?", (stream_id,)
-    ).fetchone()
-    return StreamHead(0, b"") if row is None else StreamHead(int(row[0]), bytes(row[1]))
+        """Write the stream index and close this store's connection (the database is the opener's)."""
+        self._index.flush()
+        self._conn.close()
 
 
 def _log_page(

@@ -1,0 +1,186 @@
+"""Where each stream's events sit in the embedded log, kept off the append path.
+
+An append writes one row to `events` and nothing else. Which positions belong to which stream is
+derived from the log: durable in `stream_index` up to position `upto`, and held in memory for the
+tail after it. The tail is written to `stream_index` in batches (one transaction per `batch`
+events), so the random B-tree pages of a per-stream index are written once per batch instead of
+once per append. The index is never the source of truth: after a crash the tail is learnt again
+from the log, and a log written by another process is learnt the same way.
+
+Stream ids are stored once, in `streams`; the index rows are small integers, so one page holds
+hundreds of them.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Sequence
+
+from psvis.envelope import RecordedEvent, event_hash
+from psvis.eventstore.port import StreamHead
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS streams (
+    no INTEGER PRIMARY KEY,
+    stream_id TEXT NOT NULL UNIQUE
+);
+CREATE TABLE IF NOT EXISTS stream_index (
+    no INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    position INTEGER NOT NULL,
+    PRIMARY KEY (no, version)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS stream_index_state (
+    id INTEGER PRIMARY KEY CHECK (id = 0),
+    upto INTEGER NOT NULL
+);
+"""
+
+# (stream id, version, position) of one event
+Entry = tuple[str, int, int]
+
+HEADS_CACHED = 65_536
+NUMBERS_CACHED = 262_144  # stream id -> number in `streams`, about 100 B each
+
+
+class StreamIndex:
+    """Stream -> positions and heads. Used from one thread, on the connection that appends.
+
+    Every event at or below `known` is in stream_index or in the tail; heads are cached for the
+    streams appended to most recently. Another writer's events are learnt by learn_from_log():
+    the log is dense (each writer appends at known + 1, and a taken position fails its insert),
+    so a writer that missed another's events finds out at its next append.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, batch: int = 4096) -> None:
+        self._conn = conn
+        self._batch = batch
+        conn.executescript(SCHEMA)
+        row = conn.execute("SELECT upto FROM stream_index_state WHERE id = 0").fetchone()
+        self.upto = -1 if row is None else int(row[0])  # every event <= upto is in stream_index
+        self.known = self.upto
+        self._tail: dict[str, list[tuple[int, int]]] = {}  # stream -> [(version, position)] > upto
+        self._pending: list[Entry] = []
+        self._heads: dict[str, StreamHead] = {}
+        self._number_of: dict[str, int] = {}
+        self.learn_from_log()
+
+    def learn_from_log(self) -> None:
+        """Take in the events the log holds beyond `known` (written by another writer)."""
+        rows: list[Entry] = self._conn.execute(
+            "SELECT stream_id, version, position FROM events WHERE position > ? ORDER BY position",
+            (self.known,),
+        ).fetchall()
+        for stream_id, _, _ in rows:
+            self._heads.pop(stream_id, None)
+        self._add(rows)
+
+    def appended(self, records: Sequence[RecordedEvent]) -> None:
+        """Events this writer has just committed, in position order."""
+        heads = self._heads
+        for r in records:
+            if r.stream_id in heads:
+                del heads[r.stream_id]  # re-inserted last: the cache drops the oldest first
+        for r in records:
+            heads[r.stream_id] = StreamHead(r.version, r.hash)  # a stream's last event wins
+        while len(heads) > HEADS_CACHED:
+            del heads[next(iter(heads))]
+        tail, pending = self._tail, self._pending
+        for r in records:
+            entry = (r.version, r.position)
+            if (versions := tail.get(r.stream_id)) is None:
+                tail[r.stream_id] = [entry]
+            else:
+                versions.append(entry)
+            pending.append((r.stream_id, *entry))
+        self.known = max(self.known, records[-1].position) if records else self.known
+        if len(pending) >= self._batch:
+            self.flush()
+
+    def _add(self, entries: Iterable[Entry]) -> None:
+        for stream_id, version, position in entries:
+            if position > self.upto:
+                self._tail.setdefault(stream_id, []).append((version, position))
+                self._pending.append((stream_id, version, position))
+            self.known = max(self.known, position)
+        if len(self._pending) >= self._batch:
+            self.flush()
+
+    def head(self, stream_id: str) -> StreamHead:
+        cached = self._heads.get(stream_id)
+        if cached is not None:
+            return cached
+        last = self._last(stream_id)
+        if last is None:
+            return StreamHead(0, b"")
+        version, position = last
+        (data,) = self._conn.execute(
+            "SELECT data FROM events WHERE position = ?", (position,)
+        ).fetchone()
+        return StreamHead(version, event_hash(bytes(data)))
+
+    def _last(self, stream_id: str) -> tuple[int, int] | None:
+        tail = self._tail.get(stream_id)
+        if tail:
+            return tail[-1]
+        row = self._conn.execute(
+            "SELECT i.version, i.position FROM streams s JOIN stream_index i ON i.no = s.no"
+            " WHERE s.stream_id = ? ORDER BY i.version DESC LIMIT 1",
+            (stream_id,),
+        ).fetchone()
+        return None if row is None else (int(row[0]), int(row[1]))
+
+    def positions(self, stream_id: str) -> list[int]:
+        """Every position of the stream's events, in version order."""
+        indexed = self._conn.execute(
+            "SELECT i.position FROM streams s JOIN stream_index i ON i.no = s.no"
+            " WHERE s.stream_id = ? AND i.position <= ? ORDER BY i.version",
+            (stream_id, self.upto),
+        ).fetchall()
+        return [p for (p,) in indexed] + [p for _, p in self._tail.get(stream_id, ())]
+
+    def flush(self) -> None:
+        """Write the tail to stream_index in one transaction, in key order."""
+        if not self._pending:
+            return
+        conn, pending = self._conn, self._pending
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            numbers = self._numbers({stream_id for stream_id, _, _ in pending})
+            rows = sorted((numbers[stream_id], v, p) for stream_id, v, p in pending)
+            conn.executemany(
+                "INSERT OR IGNORE INTO stream_index (no, version, position) VALUES (?, ?, ?)", rows
+            )
+            # another writer may have indexed further than this one knows of
+            (upto,) = conn.execute(
+                "SELECT MAX(?, COALESCE((SELECT upto FROM stream_index_state WHERE id = 0), -1))",
+                (self.known,),
+            ).fetchone()
+            conn.execute(
+                "INSERT OR REPLACE INTO stream_index_state (id, upto) VALUES (0, ?)", (upto,)
+            )
+        except BaseException:
+            conn.execute("ROLLBACK")
+            self._number_of.clear()  # numbers given out in this transaction are gone
+            raise
+        conn.execute("COMMIT")
+        self.upto, self._pending, self._tail = int(upto), [], {}
+
+    def _numbers(self, names: set[str]) -> dict[str, int]:
+        """Each stream's number in `streams`, given one if it has none (inside a transaction)."""
+        known = self._number_of
+        for name in sorted(names.difference(known)):
+            row = self._conn.execute(
+                "INSERT INTO streams (stream_id) VALUES (?) ON CONFLICT (stream_id) DO NOTHING"
+                " RETURNING no",
+                (name,),
+            ).fetchone()
+            if row is None:  # numbered by another writer
+                row = self._conn.execute(
+                    "SELECT no FROM streams WHERE stream_id = ?", (name,)
+                ).fetchone()
+            known[name] = int(row[0])
+        numbers = {name: known[name] for name in names}
+        while len(known) > NUMBERS_CACHED:
+            del known[next(iter(known))]
+        return numbers
