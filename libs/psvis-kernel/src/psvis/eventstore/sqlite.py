@@ -101,6 +101,9 @@ class SqliteEventStore:
     def _write(self, group: list[_Append]) -> list[list[RecordedEvent] | Exception]:
         while True:
             results, rows = self._decide(group)
+            if any(isinstance(r, ConcurrencyConflict) for r in results) and self._index.behind():
+                self._index.learn_from_log()  # the conflict may be with a head it has missed
+                continue
             try:
                 self._insert(rows)
             except sqlite3.IntegrityError:
@@ -152,8 +155,7 @@ class SqliteEventStore:
 
     def _fresh(self) -> StreamIndex:
         """The index, having learnt whatever other writers appended."""
-        (last,) = self._conn.execute("SELECT COALESCE(MAX(position), -1) FROM events").fetchone()
-        if last > self._index.known:
+        if self._index.behind():
             self._index.learn_from_log()
         return self._index
 

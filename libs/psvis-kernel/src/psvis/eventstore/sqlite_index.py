@@ -75,6 +75,11 @@ class StreamIndex:
             self._heads.pop(stream_id, None)
         self._add(rows)
 
+    def behind(self) -> bool:
+        """Whether the log holds events this index has not learnt (another writer's)."""
+        (last,) = self._conn.execute("SELECT COALESCE(MAX(position), -1) FROM events").fetchone()
+        return bool(last > self.known)
+
     def appended(self, records: Sequence[RecordedEvent]) -> None:
         """Events this writer has just committed, in position order."""
         heads = self._heads

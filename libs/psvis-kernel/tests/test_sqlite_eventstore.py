@@ -1,0 +1,183 @@
+"""The embedded event store's own guarantees: its stream index is derived, never trusted.
+
+An append writes only its log rows; the stream index is written in batches. So a store that
+stops without flushing (a crash) or a log appended by another process must still give exact
+heads, streams and concurrency checks, learnt again from the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from psvis.audit import verify_store
+from psvis.checkpoints import SqliteCheckpointStore
+from psvis.clock import FixedClock, SequentialIds
+from psvis.errors import ConcurrencyConflict
+from psvis.eventstore.sqlite import SqliteEventStore
+from psvis.eventstore.sqlite_index import StreamIndex
+from psvis.sqlite_db import SqliteDatabase
+from store_harness import T0, event
+
+KERNEL_TESTS = Path(__file__).resolve().parent
+
+
+def open_store(path: Path, prefix: str = "ev") -> tuple[SqliteDatabase, SqliteEventStore]:
+    db = SqliteDatabase(path)
+    return db, SqliteEventStore(db, FixedClock(T0), SequentialIds(prefix))
+
+
+async def fill(store: SqliteEventStore, streams: int, rounds: int) -> dict[str, int]:
+    versions: dict[str, int] = {}
+    for r in range(rounds):
+        for s in range(streams):
+            stream = f"s-{s}"
+            batch = [event(f"{stream} {r}.{k}") for k in range(1 + (r + s) % 3)]
+            out = await store.append(stream, versions.get(stream, 0), batch)
+            versions[stream] = out[-1].version
+    return versions
+
+
+async def test_a_store_that_never_flushed_its_index_is_read_back_exactly(tmp_path: Path) -> None:
+    """A crash after appends: the tail of the index lived in memory only."""
+    db, store = open_store(tmp_path / "psvis.db")
+    versions = await fill(store, streams=7, rounds=9)
+    before = {s: await store.read_stream(s) for s in versions}
+    heads = {s: await store.head(s) for s in versions}
+    assert StreamIndex(store._conn).upto == -1  # nothing indexed on disk yet
+    await db.close()  # the store itself is not closed: its index is never flushed
+
+    db, reopened = open_store(tmp_path / "psvis.db", "again")
+    try:
+        for stream, version in versions.items():
+            assert await reopened.head(stream) == heads[stream]
+            assert await reopened.read_stream(stream) == before[stream]
+            with pytest.raises(ConcurrencyConflict):
+                await reopened.append(stream, version - 1, [event("stale")])
+            (new,) = await reopened.append(stream, version, [event("next")])
+            assert (new.version, new.envelope.prev_hash) == (version + 1, heads[stream].hash)
+        assert await reopened.log_size() == sum(len(e) for e in before.values()) + len(versions)
+    finally:
+        await reopened.close()
+        await db.close()
+
+
+async def test_an_index_flushed_in_part_and_a_tail_in_memory_agree(tmp_path: Path) -> None:
+    db, store = open_store(tmp_path / "psvis.db")
+    store._index = StreamIndex(store._conn, batch=16)  # flush every 16 events
+    versions = await fill(store, streams=5, rounds=12)
+    index = store._index
+    assert -1 < index.upto < index.known  # some of the log indexed on disk, some in memory
+    expected = {s: [e.version for e in await store.read_stream(s)] for s in versions}
+    assert all(v == list(range(1, versions[s] + 1)) for s, v in expected.items())
+    await db.close()
+
+    db, reopened = open_store(tmp_path / "psvis.db")
+    try:
+        for stream, version in versions.items():
+            assert [e.version for e in await reopened.read_stream(stream)] == expected[stream]
+            assert (await reopened.head(stream)).version == version
+    finally:
+        await reopened.close()
+        await db.close()
+
+
+async def test_two_stores_on_one_file_see_each_others_appends(tmp_path: Path) -> None:
+    """Another process appended: this writer learns it before deciding."""
+    db_a, a = open_store(tmp_path / "psvis.db", "a")
+    db_b, b = open_store(tmp_path / "psvis.db", "b")
+    try:
+        await a.append("shared", 0, [event("from a")])
+        with pytest.raises(ConcurrencyConflict):
+            await b.append("shared", 0, [event("from b, stale")])
+        (second,) = await b.append("shared", 1, [event("from b")])
+        (third,) = await a.append("shared", 2, [event("from a again")])
+        assert [e.position for e in await a.read_stream("shared")] == [0, 1, 2]
+        assert third.envelope.prev_hash == second.hash
+        await b.append("only-b", 0, [event("b alone")])
+        assert (await a.head("only-b")).version == 1
+    finally:
+        await a.close()
+        await b.close()
+        await db_a.close()
+        await db_b.close()
+
+
+async def test_one_bad_append_in_a_group_commit_fails_alone(tmp_path: Path) -> None:
+    db, store = open_store(tmp_path / "psvis.db")
+    try:
+        outcomes = await asyncio.gather(
+            store.append("x", 0, [event("x1")]),
+            store.append("y", 5, [event("stale")]),
+            store.append("x", 1, [event("x2")]),  # follows the first one, in the same group
+            return_exceptions=True,
+        )
+        assert isinstance(outcomes[1], ConcurrencyConflict)
+        assert [e.version for e in await store.read_stream("x")] == [1, 2]
+        assert await store.read_stream("y") == []
+        assert await store.log_size() == 2
+    finally:
+        await store.close()
+        await db.close()
+
+
+WRITER = textwrap.dedent(
+    """
+    import asyncio, sys
+    sys.path.insert(0, {tests!r})
+    from store_harness import event
+    from psvis.clock import RandomIds, SystemClock
+    from psvis.eventstore.sqlite import SqliteEventStore
+    from psvis.sqlite_db import SqliteDatabase
+
+    async def main():
+        store = SqliteEventStore(SqliteDatabase({path!r}), SystemClock(), RandomIds())
+        versions, n = {{}}, 0
+        while True:
+            stream = f"s-{{n % 13}}"
+            out = await store.append(stream, versions.get(stream, 0), [event(str(n))] * (1 + n % 2))
+            versions[stream] = out[-1].version
+            n += 1
+            if n == 300:
+                print("running", flush=True)
+
+    asyncio.run(main())
+    """
+)
+
+
+async def test_a_writer_killed_mid_append_leaves_a_log_that_verifies(tmp_path: Path) -> None:
+    """SIGKILL while appending: the log is dense, every stream chained, and appends go on."""
+    path = tmp_path / "psvis.db"
+    script = WRITER.format(tests=str(KERNEL_TESTS), path=str(path))
+    writer = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=os.environ.copy()
+    )
+    assert writer.stdout is not None
+    assert writer.stdout.readline().strip() == "running"
+    await asyncio.sleep(0.3)
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+
+    db, store = open_store(tmp_path / "psvis.db", "after")
+    try:
+        report = await verify_store(store, SqliteCheckpointStore(db), [])
+        assert report.ok, report.as_dict()
+        size = await store.log_size()
+        assert report.events_checked == size > 300
+        for s in range(13):
+            stream = f"s-{s}"
+            stored = await store.read_stream(stream)
+            assert [e.version for e in stored] == list(range(1, len(stored) + 1))
+            await store.append(stream, len(stored), [event("after the crash")])
+        assert await store.log_size() == size + 13
+        assert (await verify_store(store, SqliteCheckpointStore(db), [])).ok
+    finally:
+        await store.close()
+        await db.close()
