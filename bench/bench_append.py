@@ -238,6 +238,38 @@ def es_append_mapped(path: Path, aggregates: int, per: int) -> tuple[int, float,
     return aggregates * per, seconds, size
 
 
+def sqlite_floor(
+    path: Path, aggregates: int, per: int, batch: int, state_size: int
+) -> tuple[int, float]:
+    """The least an append can cost on SQLite: psvis's events table and settings, bare sqlite3.
+
+    The same rows (position, stream, version, id, a blob of the envelope's size) as psvis
+    writes, one transaction per call, with no sealing, hashing or concurrency check.
+    """
+    from psvis.eventstore.sqlite import INSERT, SCHEMA
+    from psvis.sqlite_db import connect
+
+    state = os.urandom(state_size)
+    conn = connect(str(path))
+    conn.executescript(SCHEMA)
+    streams = [f"system-{uuid.uuid4()}" for _ in range(aggregates)]
+    position = 0
+    with timer() as elapsed:
+        for v in range(1, per + 1, batch):
+            for s in streams:
+                rows = [(position + k, s, v + k, str(uuid.uuid4()), state) for k in range(batch)]
+                if batch == 1:
+                    conn.execute(INSERT, rows[0])
+                else:
+                    conn.execute("BEGIN")
+                    conn.executemany(INSERT, rows)
+                    conn.execute("COMMIT")
+                position += batch
+    seconds = elapsed()
+    conn.close()
+    return aggregates * per, seconds
+
+
 def conflict_check(folder: Path) -> None:
     """Both sides really refuse a stale expected version (so both pay for the check)."""
     from eventsourcing.persistence import IntegrityError, StoredEvent
@@ -296,6 +328,18 @@ def main(argv: list[str] | None = None) -> Result:
                 note=f"psvis stores {size} B/event (envelope); eventsourcing gets a {size} B blob",
             )
         )
+        m, floor_s = sqlite_floor(folder / "floor-1.db", aggs, per, 1, size)
+        result.rows.append(
+            Row(
+                "1 event/append, bare sqlite3 floor",
+                "events/s",
+                n / ps_s,
+                m / floor_s,
+                "sqlite3 floor",
+                n=n,
+                note="the same rows written by a bare sqlite3 loop: no sealing, hashing or check",
+            )
+        )
         m, es_map_s, es_size = es_append_mapped(folder / "es-map.db", aggs, per)
         result.rows.append(
             Row(
@@ -347,6 +391,18 @@ def main(argv: list[str] | None = None) -> Result:
                 n=n,
             )
         )
+        m, floor_b = sqlite_floor(folder / "floor-10.db", aggs, per, per, size)
+        result.rows.append(
+            Row(
+                f"{per} events/append, bare sqlite3 floor",
+                "events/s",
+                n / ps_b,
+                m / floor_b,
+                "sqlite3 floor",
+                n=n,
+                note=f"{per} rows per transaction by a bare sqlite3 loop",
+            )
+        )
         result.extra.update(
             aggregates=aggs,
             per_aggregate=per,
@@ -359,6 +415,8 @@ def main(argv: list[str] | None = None) -> Result:
                 "es_threads": es_c,
                 "psvis_batch": ps_b,
                 "es_batch": es_b,
+                "floor_1": floor_s,
+                "floor_batch": floor_b,
             },
         )
     finish(result, args.json)
