@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from kernel_fixtures import Log, build_log, note
 from psvis.audit import verify_store
+from psvis.clock import SequentialIds
+from psvis.eventstore.sqlite import SqliteEventStore
 from psvis.signing import Signer
 
 
@@ -147,3 +149,19 @@ def test_aud2_cli_exits_non_zero_and_names_the_offset(tmp_path: Path) -> None:
 async def test_aud1_checkpoint_boundaries_verify(tmp_path: Path, events: int) -> None:
     log = await build_log(tmp_path, events=events)
     assert (await verify(log))["ok"]
+
+
+async def test_aud1_checkpoints_filed_under_another_log_id_do_not_vouch_for_it(
+    tmp_path: Path,
+) -> None:
+    """The log id is inside what the notary signs; relabelling the stored rows is not enough."""
+    log = await build_log(tmp_path)
+    tamper(tmp_path, ("UPDATE checkpoints SET log_id = 'psvis.events/9'", ()))
+    relabelled = SqliteEventStore(log.db, log.clock, SequentialIds("x"), log_id="psvis.events/9")
+    try:
+        report = await verify_store(relabelled, log.checkpoints, [log.signer.public])
+    finally:
+        await relabelled.close()
+    assert not report.ok and report.failure is not None
+    assert (report.failure.offset, report.failure.check) == (0, "checkpoint-log")
+    assert "psvis.events/0" in report.failure.detail

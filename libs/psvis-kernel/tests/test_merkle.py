@@ -2,6 +2,7 @@
 
 import hashlib
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from psvis.merkle import EMPTY_ROOT, MerkleTree, decode_frontier, encode_frontier, root_of
@@ -48,3 +49,26 @@ def test_changing_one_leaf_changes_the_root() -> None:
     changed = leaves(20)
     changed[7] = hashlib.sha256(b"other").digest()
     assert root_of(changed) != root_of(leaves(20))
+
+
+@given(st.lists(st.integers(min_value=0, max_value=70), max_size=8))
+@settings(max_examples=80, deadline=None)
+def test_packed_chunks_give_the_same_roots_as_appending_one_by_one(chunks: list[int]) -> None:
+    """What audit verify does with checkpoint ledgers: any chunking, checked at every boundary."""
+    all_leaves = leaves(sum(chunks))
+    packed, one_by_one, done = MerkleTree(), MerkleTree(), 0
+    for size in chunks:
+        packed.extend_packed(b"".join(all_leaves[done : done + size]))
+        for leaf in all_leaves[done : done + size]:
+            one_by_one.append(leaf)
+        done += size
+        assert packed.size == one_by_one.size == done
+        assert packed.root() == one_by_one.root() == reference_root(all_leaves[:done])
+    assert encode_frontier(packed) == encode_frontier(one_by_one)
+
+
+def test_leaves_must_be_32_byte_hashes() -> None:
+    with pytest.raises(ValueError):
+        MerkleTree().extend_packed(b"x" * 33)
+    with pytest.raises(ValueError):
+        MerkleTree().extend([b"x" * 31, b"y" * 33])

@@ -25,37 +25,49 @@ class MerkleTree:
         self.size = 0
 
     def append(self, leaf: bytes) -> None:
+        self._push(1, leaf)
+
+    def extend(self, leaves: Iterable[bytes]) -> None:
+        """Same tree as appending one by one (leaves are 32-byte hashes)."""
+        todo = list(leaves)
+        if any(len(leaf) != 32 for leaf in todo):
+            raise ValueError("Merkle leaves are 32-byte hashes")
+        self.extend_packed(b"".join(todo))
+
+    def extend_packed(self, packed: bytes) -> None:
+        """Append 32-byte leaves stored back to back, as a checkpoint's ledger holds them.
+
+        Whole aligned subtrees are hashed level by level on packed bytes: a pair of
+        children is one 64-byte slice, so a node costs one slice and one SHA-256.
+        `audit verify` rebuilds the whole tree from the ledgers this way, one node per event.
+        """
+        if len(packed) % 32:
+            raise ValueError("Merkle leaves are 32-byte hashes")
+        sha256 = hashlib.sha256
+        count, i = len(packed) // 32, 0
+        while i < count:
+            # the largest perfect subtree that starts at self.size and fits in what is left
+            k = self.size & -self.size or 1 << (count - i).bit_length()
+            while k > count - i:
+                k >>= 1
+            level = packed[32 * i : 32 * (i + k)]
+            while len(level) > 32:
+                level = b"".join(
+                    [sha256(b"\x01" + level[j : j + 64]).digest() for j in range(0, len(level), 64)]
+                )
+            self._push(k, level)
+            i += k
+
+    def _push(self, size: int, subtree: bytes) -> None:
         sizes, hashes = self._sizes, self._hashes
-        sizes.append(1)
-        hashes.append(leaf)
+        sizes.append(size)
+        hashes.append(subtree)
+        self.size += size
         while len(sizes) > 1 and sizes[-1] == sizes[-2]:
             right = hashes.pop()
             sizes.pop()
             hashes[-1] = node_hash(hashes[-1], right)
             sizes[-1] *= 2
-        self.size += 1
-
-    def extend(self, leaves: Iterable[bytes]) -> None:
-        """Same tree as appending one by one; whole aligned subtrees are hashed level by level."""
-        todo = list(leaves)
-        i = 0
-        while i < len(todo):
-            # the largest perfect subtree that starts at self.size and fits in what is left
-            k = self.size & -self.size or 1 << (len(todo) - i).bit_length()
-            while k > len(todo) - i:
-                k >>= 1
-            level = todo[i : i + k]
-            while len(level) > 1:
-                level = [node_hash(level[j], level[j + 1]) for j in range(0, len(level), 2)]
-            self._sizes.append(k)
-            self._hashes.append(level[0])
-            self.size += k
-            while len(self._sizes) > 1 and self._sizes[-1] == self._sizes[-2]:
-                right = self._hashes.pop()
-                self._sizes.pop()
-                self._hashes[-1] = node_hash(self._hashes[-1], right)
-                self._sizes[-1] *= 2
-            i += k
 
     def root(self) -> bytes:
         if not self._hashes:
