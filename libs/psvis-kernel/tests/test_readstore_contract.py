@@ -170,3 +170,20 @@ async def test_drop_all_forgets_models_and_positions(harness: Harness) -> None:
     assert await reads.get("y", "k") is None
     assert await reads.get_position("p") == -1
     assert await reads.put("x", "k", {"v": 2}, 1, 0)  # usable afterwards
+
+
+async def test_list_json_is_the_canonical_json_of_list(harness: Harness) -> None:
+    reads = harness.reads
+    for key, doc in DOCS.items():
+        assert await reads.put("models", key, doc, 1, 0)
+    listed = await reads.list("models")
+    assert [(k, bytes(j)) for k, j in await reads.list_json("models")] == [
+        (k, canonical_json(d)) for k, d in listed
+    ]
+
+
+@pytest.mark.parametrize("key", sorted(DOCS))
+def test_canonical_json_is_sorted_compact_utf8_json(key: str) -> None:
+    doc = DOCS[key]
+    expected = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    assert canonical_json(doc) == expected.encode()

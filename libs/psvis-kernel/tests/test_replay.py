@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from google.protobuf.message import Message
 from kernel_fixtures import START, build_log
 from psvis.audit import replay
 from psvis.common.v1 import envelope_pb2 as pb
 from psvis.projection import ProjectionRunner, StreamProjection
-from psvis.readstore.port import canonical_digest
+from psvis.readstore.port import Document, Write, canonical_digest
 from psvis.readstore.sqlite import SqliteReadStore
 
 
@@ -66,3 +68,56 @@ async def test_aud3_replay_until_shows_state_as_it_was(tmp_path: Path) -> None:
     assert counts == {"0": 5, "1": 5, "2": 5}
     before = await replay(log.store, PROJECTIONS, ["notes"], until=START)
     assert await before.reads.list("notes") == []
+
+
+class CountingStore(SqliteReadStore):
+    """Counts the documents written, to see the runner's write-back."""
+
+    written = 0
+
+    async def put_many(self, collection: str, writes: Sequence[Write]) -> int:
+        self.written += len(writes)
+        return await super().put_many(collection, writes)
+
+
+async def test_catch_up_writes_each_document_once_not_once_per_page(tmp_path: Path) -> None:
+    log = await build_log(tmp_path, events=30, streams=3)
+    reads = CountingStore(log.db)
+    runner = ProjectionRunner("wb", log.store, reads, PROJECTIONS, batch=4)
+    assert await runner.catch_up() == 29
+    assert reads.written == 3  # 8 pages touch each of the 3 streams
+    assert await reads.get_position("wb") == 29
+    assert {k: d["notes"] for k, d in await reads.list("notes")} == {"0": 10, "1": 10, "2": 10}
+
+
+async def test_documents_leaving_the_cache_are_written_and_agree(tmp_path: Path) -> None:
+    log = await build_log(tmp_path, events=40, streams=5)
+    expected = (await replay(log.store, PROJECTIONS, ["notes"])).digest
+    reads = CountingStore(log.db)
+    runner = ProjectionRunner("small", log.store, reads, PROJECTIONS, batch=3, keep=1)
+    await runner.catch_up()
+    assert await canonical_digest(reads, ["notes"]) == expected
+    assert reads.written > 5  # evicted documents were written as they left
+
+
+async def test_a_failed_catch_up_moves_no_position_and_a_rerun_agrees(tmp_path: Path) -> None:
+    log = await build_log(tmp_path, events=30, streams=3)
+    expected = (await replay(log.store, PROJECTIONS, ["notes"])).digest
+    calls = 0
+
+    def flaky(doc: dict[str, Any] | None, event: Message, env: pb.EventEnvelope) -> Document:
+        nonlocal calls
+        calls += 1
+        if calls == 20:
+            raise RuntimeError("fold crashed")
+        return count_notes(doc, event, env)
+
+    reads = CountingStore(log.db)
+    broken = [StreamProjection("s-", "notes", flaky)]
+    runner = ProjectionRunner("crash", log.store, reads, broken, batch=4, keep=1)
+    with pytest.raises(RuntimeError):
+        await runner.catch_up()
+    assert reads.written > 0  # documents that left the cache were written...
+    assert await reads.get_position("crash") == -1  # ...but the position did not move
+    assert await runner.catch_up() == 29  # the same runner goes on from the stored state
+    assert await canonical_digest(reads, ["notes"]) == expected

@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from psvis.common.v1 import envelope_pb2 as pb
 from psvis.envelope import RecordedEvent
@@ -26,7 +29,10 @@ Fold = Callable[[Document | None, Message, pb.EventEnvelope], Document]
 class StreamProjection:
     """Streams whose id starts with `prefix` fold into `collection`, keyed by the rest of the id.
 
-    `fold` takes time only from the event (invariant 4: replay gives the same documents).
+    `fold` takes time only from the event (invariant 4: replay gives the same documents). It may
+    change the document it is given in place and return it: the runner gives it only documents
+    it owns (read from the store for it, or returned by the fold before), and keeps them between
+    batches, so a fold must return a document no one else holds.
     """
 
     prefix: str
@@ -38,7 +44,16 @@ class StreamProjection:
 
 
 class ProjectionRunner:
-    """Applies the log to read models in batches; a duplicate delivery is applied once."""
+    """Applies the log to read models in batches; a duplicate delivery is applied once.
+
+    The last `keep` documents folded stay in memory, so a stream seen again soon is neither read
+    back nor written again: a document is written when it leaves them, or when catch_up has
+    applied the whole log (only then does the stored position move). A replay thus encodes and
+    writes a busy stream's document once, not once per page; a crash in between loses nothing,
+    as the log is applied again from the stored position and what was written is passed over.
+    `until` applies only events recorded at or before it (AUD-3: the read models as they were);
+    later ones are passed over, and the position still moves past them.
+    """
 
     def __init__(
         self,
@@ -49,6 +64,8 @@ class ProjectionRunner:
         *,
         batch: int = 2000,
         traced: bool = False,
+        keep: int | None = None,
+        until: datetime | None = None,
     ) -> None:
         self.name = name
         self._log = log_source
@@ -56,29 +73,41 @@ class ProjectionRunner:
         self._projections = projections
         self._batch = batch
         self._traced = traced  # live consumers continue the command's trace; replays do not
+        self._keep = batch if keep is None else keep
+        self._caches = [_Cache() for _ in projections]
+        self._until = None if until is None else _moment(until)
         self._lock = asyncio.Lock()
         self.position = -2  # unknown until loaded
         self._advanced = asyncio.Condition()
 
-    async def catch_up(self) -> int:
-        """Apply everything the log holds now; returns the last applied position."""
+    async def catch_up(self, progress: Callable[[int], None] | None = None) -> int:
+        """Apply everything the log holds now; returns the last applied position.
+
+        `progress` is told the size of each page once it is folded.
+        """
         async with self._lock:
             if self.position == -2:
                 self.position = await self._store.get_position(self.name)
-            events = await self._log.read_page(self.position, self._batch)
+            folded = self.position
+            events = await self._log.read_page(folded, self._batch)
             while events:
                 # the next page is read (on the database thread) while this one is folded
                 upcoming = asyncio.ensure_future(
                     self._log.read_page(events[-1].position, self._batch)
                 )
                 try:
-                    await self.apply_batch(events)
-                    self.position = events[-1].position
-                    await self._store.set_position(self.name, self.position)
+                    await self._fold_batch(events)
                 except BaseException:
                     upcoming.cancel()
                     raise
+                folded = events[-1].position
+                if progress is not None:
+                    progress(len(events))
                 events = await upcoming
+            if folded != self.position:
+                await self._flush()
+                self.position = folded
+                await self._store.set_position(self.name, folded)
             async with self._advanced:
                 self._advanced.notify_all()
             return self.position
@@ -124,34 +153,75 @@ class ProjectionRunner:
                     await asyncio.wait_for(self._advanced.wait(), min(remaining, 0.2))
 
     async def apply_batch(self, events: Sequence[RecordedEvent]) -> None:
-        for projection in self._projections:
-            chosen = [(k, e) for e in events if (k := projection.key(e.stream_id)) is not None]
-            if chosen:
-                await self._apply(projection, chosen)
+        """Apply events in log order and write the documents they changed.
 
-    async def _apply(
-        self, projection: StreamProjection, events: list[tuple[str, RecordedEvent]]
+        Each stream's events must follow its stored version; events already applied are passed
+        over (at-least-once delivery is applied once).
+        """
+        await self._fold_batch(events)
+        await self._flush()
+
+    async def _fold_batch(self, events: Sequence[RecordedEvent]) -> None:
+        """Fold events into the kept documents; write only those that leave the cache."""
+        routed = self._route(events)
+        for projection, cache, chosen in zip(self._projections, self._caches, routed, strict=True):
+            if chosen:
+                try:
+                    await self._fold(projection, cache, chosen)
+                except BaseException:
+                    cache.clear()  # a fold may have half-changed a kept document
+                    raise
+                await self._write(projection, cache, cache.evict(self._keep))
+
+    def _route(self, events: Sequence[RecordedEvent]) -> list[list[tuple[str, RecordedEvent]]]:
+        """Each projection's (key, event) pairs, in log order; keys are found once per stream."""
+        streams = {e.stream_id for e in events}
+        routed = []
+        for projection in self._projections:
+            keys = {s: k for s in streams if (k := projection.key(s)) is not None}
+            routed.append([(keys[e.stream_id], e) for e in events if e.stream_id in keys])
+        return routed
+
+    async def _fold(
+        self, projection: StreamProjection, cache: _Cache, events: list[tuple[str, RecordedEvent]]
     ) -> None:
-        stored = await self._store.get_many(projection.collection, sorted({k for k, _ in events}))
-        current = {k: (doc, version) for k, (doc, version) in stored.items()}
-        writes: dict[str, Write] = {}
+        missing = cache.touch({k for k, _ in events})
+        if missing:
+            cache.load(await self._store.get_many(projection.collection, missing), missing)
+        fold, until, traced = projection.fold, self._until, self._traced
+        entries = cache.entries
         for key, event in events:
-            doc, version = current.get(key, (None, 0))
-            if event.version <= version:
+            entry = entries[key]
+            if event.version <= entry.version:
                 continue  # delivered before: effect exactly once
-            if event.version != version + 1:
-                raise RuntimeError(f"{event.stream_id}: version {event.version} after {version}")
-            env = event.envelope
-            if self._traced and env.trace.traceparent:
+            env = pb.EventEnvelope.FromString(event.data)
+            if until is not None and _recorded_after(env, until):
+                continue  # AUD-3: not yet in the log at `until`
+            if event.version != entry.version + 1:
+                raise RuntimeError(
+                    f"{event.stream_id}: version {event.version} after {entry.version}"
+                )
+            if traced and env.trace.traceparent:
                 with consumer_span(f"project {env.type}", env.trace, event):
-                    doc = projection.fold(doc, decode_payload(env), env)
+                    entry.doc = fold(entry.doc, decode_payload(env), env)
             else:
-                doc = projection.fold(doc, decode_payload(env), env)
-            current[key] = (doc, event.version)
-            first = writes.get(key)
-            expected = first.expected if first else version
-            writes[key] = Write(key, doc, event.version, expected)
-        applied = await self._store.put_many(projection.collection, list(writes.values()))
+                entry.doc = fold(entry.doc, decode_payload(env), env)
+            entry.version = event.version
+
+    async def _flush(self) -> None:
+        """Write every kept document that changed since it was last written."""
+        for projection, cache in zip(self._projections, self._caches, strict=True):
+            await self._write(projection, cache, cache.dirty())
+
+    async def _write(
+        self, projection: StreamProjection, cache: _Cache, entries: list[tuple[str, _Entry]]
+    ) -> None:
+        if not entries:
+            return
+        writes = [entry.write(key) for key, entry in entries]
+        applied = await self._store.put_many(projection.collection, writes)
+        for _, entry in entries:
+            entry.stored = entry.version
         if applied != len(writes):
             log.warning(
                 "%s: %d of %d writes raced another consumer",
@@ -159,3 +229,70 @@ class ProjectionRunner:
                 len(writes) - applied,
                 len(writes),
             )
+            for key, _ in entries:  # which ones lost is unknown: read them back next time
+                cache.entries.pop(key, None)
+
+
+@dataclass(slots=True)
+class _Entry:
+    """A document as folded so far, and the version the store holds (0: none)."""
+
+    doc: Document | None
+    version: int
+    stored: int
+
+    def write(self, key: str) -> Write:
+        assert self.doc is not None, "only folded documents are written"
+        return Write(key, self.doc, self.version, self.stored)
+
+
+class _Cache:
+    """One projection's documents kept between batches, least recently used first.
+
+    Documents are written back: when they leave the cache, or when the runner flushes.
+    """
+
+    def __init__(self) -> None:
+        self.entries: OrderedDict[str, _Entry] = OrderedDict()
+
+    def touch(self, keys: set[str]) -> list[str]:
+        """Mark keys as just used; returns, sorted, those not kept."""
+        entries, missing = self.entries, []
+        for key in keys:
+            if key in entries:
+                entries.move_to_end(key)
+            else:
+                missing.append(key)
+        return sorted(missing)
+
+    def load(self, stored: dict[str, tuple[Document, int]], keys: list[str]) -> None:
+        for key in keys:
+            doc, version = stored.get(key, (None, 0))
+            self.entries[key] = _Entry(doc, version, version)
+
+    def evict(self, keep: int) -> list[tuple[str, _Entry]]:
+        """Drop the least recently used entries beyond `keep`; returns those not yet written."""
+        entries, leaving = self.entries, []
+        while len(entries) > keep:
+            key, entry = entries.popitem(last=False)
+            if entry.version != entry.stored:
+                leaving.append((key, entry))
+        return leaving
+
+    def dirty(self) -> list[tuple[str, _Entry]]:
+        return [(k, e) for k, e in self.entries.items() if e.version != e.stored]
+
+    def clear(self) -> None:
+        self.entries.clear()
+
+
+def _moment(until: datetime) -> tuple[int, int]:
+    """(seconds, microseconds) since the epoch; a naive datetime is UTC, as in Timestamp."""
+    stamp = Timestamp()
+    stamp.FromDatetime(until)
+    return stamp.seconds, stamp.nanos // 1000
+
+
+def _recorded_after(env: pb.EventEnvelope, until: tuple[int, int]) -> bool:
+    at = env.recorded_at
+    return (at.seconds, at.nanos // 1000) > until

@@ -1,4 +1,9 @@
-"""Registry read models: one document per system and per mandatory site (REG-2 catalogue)."""
+"""Registry read models: one document per system and per mandatory site (REG-2 catalogue).
+
+A system's document is {"view": <SystemView as proto3 JSON>, "refusals", "relocations",
+"signage", "pre_existing", "built_on"}. The folds edit that JSON in place (the projection
+runner hands them a document it owns), so an event costs its own size, not the document's.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from typing import Any
 from google.protobuf.json_format import MessageToDict, ParseDict
 from google.protobuf.message import Message
 from psvis.common.v1 import envelope_pb2 as pb
+from psvis.payloads import json_dict
 from psvis.projection import StreamProjection
 from psvis.readstore.port import Document
 from psvis.registry.v1 import registry_pb2 as reg
@@ -17,9 +23,8 @@ from psvis_registry import domain
 SYSTEMS, SITES = "registry.systems", "registry.sites"
 COLLECTIONS = (SYSTEMS, SITES)
 
-
-def to_doc(message: Message) -> dict[str, Any]:
-    return MessageToDict(message, preserving_proto_field_name=True)
+View = dict[str, Any]
+Edit = Callable[[Document, View, Any, pb.EventEnvelope], None]
 
 
 def view_of(doc: Document) -> reg.SystemView:
@@ -27,89 +32,66 @@ def view_of(doc: Document) -> reg.SystemView:
 
 
 def fold_system(doc: Document | None, event: Message, env: pb.EventEnvelope) -> Document:
-    """Fold one event; the frequent ones edit the JSON view in place of a proto round trip.
+    """Fold one event into a system's document, in place.
 
-    Both paths give the same document: the view is what to_doc(SystemView) would give.
+    The view is exactly json_dict(SystemView) of the system; until the system is registered
+    it stays empty, and only the document's own fields (refusals, signage...) change.
     """
+    if doc is None:
+        doc = {"view": {}, "refusals": [], "relocations": []}
+    view: View = doc["view"]
+    if view.get("system_id"):
+        view["version"] = str(env.stream_version)  # uint64 is a string in proto3 JSON
+    else:
+        view = {}  # edits of an unregistered system's view are dropped
     edit = _EDITS.get(type(event))
-    if edit is None or doc is None or not doc["view"].get("system_id"):
-        return _fold_view(doc, event, env)
-    doc = dict(doc)
-    view = doc["view"] = dict(doc["view"])
-    view["version"] = str(env.stream_version)  # uint64 is a string in proto3 JSON
-    edit(doc, view, event, env)
+    if edit is not None:
+        edit(doc, view, event, env)
     return doc
 
 
-def _fold_view(doc: Document | None, event: Message, env: pb.EventEnvelope) -> Document:
-    doc = dict(doc or {"view": {}, "refusals": [], "relocations": []})
-    view = view_of(doc)
-    view.version = env.stream_version
-    on = env.occurred_at.ToDatetime().date().isoformat()
-    match event:
-        case reg.SystemRegistered():
-            view.MergeFrom(
-                reg.SystemView(
-                    system_id=event.system_id,
-                    name=event.name,
-                    managing_unit=event.managing_unit,
-                    operator=event.operator,
-                    state=domain.PLANNED,
-                    site=event.site,
-                    cameras=event.cameras,
-                    registered_on=event.registered_on,
-                    connects_to_sharing_platform=event.connects_to_sharing_platform,
-                )
-            )
-            doc["pre_existing"], doc["built_on"] = event.pre_existing, event.built_on
-        case reg.SystemFiled():
-            view.filed_on = view.filed_on or event.filed_on
-        case reg.DesignReviewed():
-            view.state = domain.REVIEWED if event.passed else domain.REJECTED
-        case reg.ConstructionCompleted():
-            view.state = domain.BUILT
-        case reg.AcceptanceRecorded():
-            view.state = domain.ACCEPTED if event.passed else domain.RECTIFICATION
-            view.accepted_on = event.accepted_on if event.passed else view.accepted_on
-        case reg.RectificationCompleted():
-            view.state = domain.RECTIFIED
-        case reg.SystemPutIntoUse():
-            view.state, view.in_use_on = domain.IN_USE, event.in_use_on
-        case reg.ChangeFiled():
-            _apply_change(view, event)
-        case reg.SystemRelocated():
-            view.site.CopyFrom(event.new_site)
-            doc["relocations"] = [*doc["relocations"], to_doc(event)]
-        case reg.SystemRemoved():
-            view.state = domain.REMOVED
-        case reg.ArchiveAttached():
-            view.archives.append(event)
-        case reg.SignageInstalled():
-            signed = set(view.signed_camera_ids) | set(event.camera_ids)
-            del view.signed_camera_ids[:]
-            view.signed_camera_ids.extend(sorted(signed))
-            since = dict(doc.get("signage", {}))  # REG-8: when each camera got its sign
-            for camera_id in event.camera_ids:
-                since[camera_id] = min(since.get(camera_id, event.installed_on), event.installed_on)
-            doc["signage"] = since
-        case reg.MonitoringPersonnelRegistered():
-            view.personnel.append(event)
-        case reg.ClassificationSet():
-            view.classification.CopyFrom(event.classification)
-        case reg.InspectionRecorded():
-            view.inspections.append(event)
-        case reg.CommandRefused():
-            refusal = {"command": event.command, "on": on, **MessageToDict(env.refusal)}
-            doc["refusals"] = [*doc["refusals"], refusal]
-    if view.system_id:
-        doc["view"] = to_doc(view)
-    return doc
+def _registered(doc: Document, view: View, event: Any, env: pb.EventEnvelope) -> None:
+    doc["pre_existing"], doc["built_on"] = event.pre_existing, event.built_on
+    if view:  # registered again: merged into the view it has, as SystemView.MergeFrom does
+        system = ParseDict(view, reg.SystemView())
+        system.MergeFrom(_view_of_registration(event))
+        system.version = env.stream_version
+        doc["view"] = json_dict(system)
+    elif event.system_id:
+        # = json_dict(_view_of_registration(event)), without building the SystemView
+        registered = json_dict(event)
+        doc["view"] = fresh = {k: registered[k] for k in _REGISTERED_VIEW if k in registered}
+        fresh["site"] = registered.get("site", {})  # set, though maybe empty, in the view
+        fresh["state"] = domain.PLANNED
+        fresh["version"] = str(env.stream_version)
 
 
-Edit = Callable[[Document, dict[str, Any], Any, pb.EventEnvelope], None]
+_REGISTERED_VIEW = (
+    "system_id",
+    "name",
+    "managing_unit",
+    "operator",
+    "cameras",
+    "registered_on",
+    "connects_to_sharing_platform",
+)
 
 
-def _put(view: dict[str, Any], key: str, value: Any) -> None:
+def _view_of_registration(event: reg.SystemRegistered) -> reg.SystemView:
+    return reg.SystemView(
+        system_id=event.system_id,
+        name=event.name,
+        managing_unit=event.managing_unit,
+        operator=event.operator,
+        state=domain.PLANNED,
+        site=event.site,
+        cameras=event.cameras,
+        registered_on=event.registered_on,
+        connects_to_sharing_platform=event.connects_to_sharing_platform,
+    )
+
+
+def _put(view: View, key: str, value: Any) -> None:
     """proto3 JSON leaves out empty values."""
     if value:
         view[key] = value
@@ -118,87 +100,104 @@ def _put(view: dict[str, Any], key: str, value: Any) -> None:
 
 
 def _appends(key: str) -> Edit:
-    def edit(doc: Document, view: dict[str, Any], event: Any, env: pb.EventEnvelope) -> None:
-        view[key] = [*view.get(key, ()), to_doc(event)]
+    def edit(doc: Document, view: View, event: Any, env: pb.EventEnvelope) -> None:
+        view.setdefault(key, []).append(json_dict(event))
 
     return edit
 
 
 def _state(state: str) -> Edit:
-    def edit(doc: Document, view: dict[str, Any], event: Any, env: pb.EventEnvelope) -> None:
+    def edit(doc: Document, view: View, event: Any, env: pb.EventEnvelope) -> None:
         view["state"] = state
 
     return edit
 
 
-def _signage(doc: Document, view: dict[str, Any], event: Any, env: pb.EventEnvelope) -> None:
-    signed = set(view.get("signed_camera_ids", ())) | set(event.camera_ids)
-    _put(view, "signed_camera_ids", sorted(signed))
-    since = dict(doc.get("signage", {}))  # REG-8: when each camera got its sign
-    for camera_id in event.camera_ids:
-        since[camera_id] = min(since.get(camera_id, event.installed_on), event.installed_on)
-    doc["signage"] = since
+def _signage(doc: Document, view: View, event: Any, env: pb.EventEnvelope) -> None:
+    camera_ids, on = list(event.camera_ids), event.installed_on
+    _put(view, "signed_camera_ids", sorted({*view.get("signed_camera_ids", ()), *camera_ids}))
+    since = doc.setdefault("signage", {})  # REG-8: when each camera got its sign
+    for camera_id in camera_ids:
+        since[camera_id] = min(since.get(camera_id, on), on)
 
 
-def _filed(doc: Document, view: dict[str, Any], event: Any, env: pb.EventEnvelope) -> None:
+def _filed(doc: Document, view: View, event: Any, env: pb.EventEnvelope) -> None:
     _put(view, "filed_on", view.get("filed_on") or event.filed_on)
 
 
-def _reviewed(doc: Document, view: dict[str, Any], event: Any, env: pb.EventEnvelope) -> None:
+def _reviewed(doc: Document, view: View, event: Any, env: pb.EventEnvelope) -> None:
     view["state"] = domain.REVIEWED if event.passed else domain.REJECTED
 
 
-def _accepted(doc: Document, view: dict[str, Any], event: Any, env: pb.EventEnvelope) -> None:
+def _accepted(doc: Document, view: View, event: Any, env: pb.EventEnvelope) -> None:
     view["state"] = domain.ACCEPTED if event.passed else domain.RECTIFICATION
     if event.passed:
         _put(view, "accepted_on", event.accepted_on)
 
 
-def _in_use(doc: Document, view: dict[str, Any], event: Any, env: pb.EventEnvelope) -> None:
+def _in_use(doc: Document, view: View, event: Any, env: pb.EventEnvelope) -> None:
     view["state"] = domain.IN_USE
     _put(view, "in_use_on", event.in_use_on)
 
 
-def _refused(doc: Document, view: dict[str, Any], event: Any, env: pb.EventEnvelope) -> None:
+def _changed(doc: Document, view: View, event: Any, env: pb.EventEnvelope) -> None:
+    view.setdefault("changes", []).append(json_dict(event))
+    field = {"orientation": "orientation_deg", "position": "position"}.get(
+        event.attribute, "function"
+    )
+    for camera in view.get("cameras", ()):
+        if camera.get("camera_id", "") == event.camera_id:
+            edited = reg.Camera()
+            setattr(
+                edited,
+                field,
+                float(event.new_value) if field == "orientation_deg" else event.new_value,
+            )
+            as_json = json_dict(edited)  # as proto3 JSON has it: 0.0 goes, -0.0 stays
+            if field in as_json:
+                camera[field] = as_json[field]
+            else:
+                camera.pop(field, None)
+
+
+def _relocated(doc: Document, view: View, event: Any, env: pb.EventEnvelope) -> None:
+    view["site"] = json_dict(event.new_site)
+    doc["relocations"].append(json_dict(event))
+
+
+def _classified(doc: Document, view: View, event: Any, env: pb.EventEnvelope) -> None:
+    view["classification"] = json_dict(event.classification)
+
+
+def _refused(doc: Document, view: View, event: Any, env: pb.EventEnvelope) -> None:
     on = env.occurred_at.ToDatetime().date().isoformat()
-    refusal = {"command": event.command, "on": on, **MessageToDict(env.refusal)}
-    doc["refusals"] = [*doc["refusals"], refusal]
+    doc["refusals"].append({"command": event.command, "on": on, **MessageToDict(env.refusal)})
 
 
-# Registration, changes, relocation and classification stay on the SystemView path.
 _EDITS: dict[type[Message], Edit] = {
-    reg.ArchiveAttached: _appends("archives"),
-    reg.InspectionRecorded: _appends("inspections"),
-    reg.MonitoringPersonnelRegistered: _appends("personnel"),
-    reg.SignageInstalled: _signage,
+    reg.SystemRegistered: _registered,
     reg.SystemFiled: _filed,
     reg.DesignReviewed: _reviewed,
     reg.ConstructionCompleted: _state(domain.BUILT),
     reg.AcceptanceRecorded: _accepted,
     reg.RectificationCompleted: _state(domain.RECTIFIED),
     reg.SystemPutIntoUse: _in_use,
+    reg.ChangeFiled: _changed,
+    reg.SystemRelocated: _relocated,
     reg.SystemRemoved: _state(domain.REMOVED),
+    reg.ArchiveAttached: _appends("archives"),
+    reg.SignageInstalled: _signage,
+    reg.MonitoringPersonnelRegistered: _appends("personnel"),
+    reg.ClassificationSet: _classified,
+    reg.InspectionRecorded: _appends("inspections"),
     reg.CommandRefused: _refused,
 }
 
 
-def _apply_change(view: reg.SystemView, change: reg.ChangeFiled) -> None:
-    view.changes.append(change)
-    for camera in view.cameras:
-        if camera.camera_id != change.camera_id:
-            continue
-        if change.attribute == "orientation":
-            camera.orientation_deg = float(change.new_value)
-        elif change.attribute == "position":
-            camera.position = change.new_value
-        else:
-            camera.function = change.new_value
-
-
 def fold_site(doc: Document | None, event: Message, env: pb.EventEnvelope) -> Document:
     if isinstance(event, reg.MandatorySiteDeclared):
-        return to_doc(event)
-    return dict(doc or {})
+        return json_dict(event)
+    return doc if doc is not None else {}
 
 
 PROJECTIONS = [

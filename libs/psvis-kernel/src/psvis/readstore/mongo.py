@@ -148,6 +148,9 @@ class MongoReadStore:
         rows.sort(key=lambda row: row[0])
         return rows
 
+    async def list_json(self, collection: str) -> Sequence[tuple[str, bytes]]:
+        return [(key, canonical_json(doc)) for key, doc in await self.list(collection)]
+
     async def get_position(self, projection: str) -> int:
         stored = await self._positions.find_one({"_id": projection})
         return -1 if stored is None else int(stored["position"])

@@ -25,6 +25,8 @@ class ReadStore(Protocol):
     - put(coll, key, doc, version, expected) and put_many writes only if the stored document is at
       `expected` (0: absent), so a consumer that sees an event twice applies it once.
     - documents come back exactly as written (JSON types), listed in key order.
+    - a document is a JSON object with string keys, so canonical_json(doc) read back and encoded
+      again gives the same bytes (list_json and the digest rely on it).
     """
 
     async def get(self, collection: str, key: str) -> tuple[Document, int] | None: ...
@@ -43,6 +45,10 @@ class ReadStore(Protocol):
 
     async def list(self, collection: str) -> list[tuple[str, Document]]: ...
 
+    async def list_json(self, collection: str) -> Sequence[tuple[str, bytes]]:
+        """(key, canonical_json(document)) in key order, as `list` would give them."""
+        ...
+
     async def get_position(self, projection: str) -> int: ...
 
     async def set_position(self, projection: str, position: int) -> None: ...
@@ -53,13 +59,26 @@ class ReadStore(Protocol):
 
 
 def canonical_json(value: Any) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    """Sorted keys, no spaces, UTF-8: what the digest hashes."""
+    return _CANONICAL.encode(value).encode()
+
+
+def canonical_text(value: Any) -> str:
+    """canonical_json as text, for stores that keep text."""
+    return _CANONICAL.encode(value)
+
+
+# = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False), which would
+# build a new encoder on every call
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 async def canonical_digest(store: ReadStore, collections: Iterable[str]) -> str:
     """A stable digest of read models: equal digests mean equal documents (invariant 4)."""
     h = hashlib.sha256()
     for coll in sorted(collections):
-        for key, doc in await store.list(coll):
-            h.update(canonical_json([coll, key, doc]))
+        prefix = b"[" + canonical_json(coll) + b","
+        for key, doc in await store.list_json(coll):
+            # = canonical_json([coll, key, doc]) without decoding and encoding the document
+            h.update(b"".join((prefix, canonical_json(key), b",", doc, b"]")))
     return h.hexdigest()

@@ -6,7 +6,7 @@ import json
 import sqlite3
 from collections.abc import Sequence
 
-from psvis.readstore.port import Document, Write, canonical_json
+from psvis.readstore.port import Document, Write, canonical_text
 from psvis.sqlite_db import SqliteDatabase, in_transaction
 
 SCHEMA = """
@@ -63,12 +63,10 @@ class SqliteReadStore:
 
     async def put_many(self, collection: str, writes: Sequence[Write]) -> int:
         inserts = [
-            (collection, w.key, w.version, canonical_json(w.doc).decode())
-            for w in writes
-            if w.expected == 0
+            (collection, w.key, w.version, canonical_text(w.doc)) for w in writes if w.expected == 0
         ]
         updates = [
-            (w.version, canonical_json(w.doc).decode(), collection, w.key, w.expected)
+            (w.version, canonical_text(w.doc), collection, w.key, w.expected)
             for w in writes
             if w.expected != 0
         ]
@@ -98,6 +96,16 @@ class SqliteReadStore:
             ).fetchall()
         )
         return [(str(k), json.loads(d)) for k, d in rows]
+
+    async def list_json(self, collection: str) -> Sequence[tuple[str, bytes]]:
+        """The stored text is canonical_text(doc) already."""
+        rows = await self._db.run(
+            lambda c: c.execute(
+                "SELECT key, doc FROM read_models WHERE collection = ? ORDER BY key",
+                (collection,),
+            ).fetchall()
+        )
+        return [(str(k), d.encode()) for k, d in rows]
 
     async def get_position(self, projection: str) -> int:
         row = await self._db.run(
