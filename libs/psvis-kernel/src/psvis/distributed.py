@@ -5,11 +5,15 @@ database "psvis" when the URL names none) are required; both are checked before 
 so a missing or unreachable service fails at start-up with a message that names it.
 PSVIS_NAMESPACE prefixes the Kafka topic (`<namespace>.events`) and every MongoDB collection, so
 several deployments (or test runs) can share one broker and one database.
+
+`open_live_feed` starts the FastStream subscriber that the live read models follow
+(psvis.subscribers); `psvis serve` opens it beside the stores.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from typing import Any
 
@@ -20,9 +24,11 @@ from psvis.checkpoints_mongo import MongoCheckpointStore
 from psvis.clock import Clock, RandomIds
 from psvis.errors import Unavailable
 from psvis.eventstore.mongo_kafka import MongoKafkaEventStore
+from psvis.eventstore.port import EventStore
 from psvis.readstore.mongo import MongoReadStore
 from psvis.settings import Settings
 from psvis.stores import Stores
+from psvis.subscribers import DeliveredLog, EventsFeed
 
 CONNECT_TIMEOUT = 10.0
 
@@ -101,3 +107,18 @@ async def open_distributed_stores(settings: Settings, clock: Clock) -> Stores:
         close=close,
         background=[events.relay.relay_forever],
     )
+
+
+async def open_live_feed(settings: Settings, events: EventStore) -> EventsFeed:
+    """The subscriber that feeds the live read models, started and positioned at the log's end."""
+    feed = EventsFeed(settings.kafka_bootstrap, settings.namespace, DeliveredLog(events))
+    try:
+        await asyncio.wait_for(feed.start(), CONNECT_TIMEOUT * 2)
+    except Exception as e:
+        with contextlib.suppress(Exception):
+            await feed.stop()
+        raise Unavailable(
+            f"Kafka at {settings.kafka_bootstrap}: cannot subscribe to {feed.partition.topic}: "
+            f"{str(e) or type(e).__name__}"
+        ) from e
+    return feed

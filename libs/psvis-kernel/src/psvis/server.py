@@ -9,6 +9,7 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import grpc
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
@@ -25,6 +26,9 @@ from psvis.signing import Signer
 from psvis.stores import Stores, open_stores
 from psvis.telemetry import setup_tracing
 
+if TYPE_CHECKING:
+    from psvis.subscribers import EventsFeed
+
 log = logging.getLogger(__name__)
 
 
@@ -37,6 +41,7 @@ class RunningPlatform:
     projections: ProjectionRunner
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _lock_file: object | None = None
+    feed: EventsFeed | None = None  # distributed: the subscriber the read models follow
 
     async def stop(self, grace: float = 2.0) -> None:
         await self.server.stop(grace)
@@ -46,7 +51,11 @@ class RunningPlatform:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await self.notary.catch_up()
-        await self.stores.close()
+        try:
+            if self.feed is not None:
+                await self.feed.stop()
+        finally:
+            await self.stores.close()
 
 
 def _leader_lock(settings: Settings) -> object:
@@ -75,9 +84,10 @@ async def start_platform(
         raise RulePackError("; ".join(problems))
     lock = _leader_lock(settings) if settings.backend == "embedded" else None
     stores = await open_stores(settings, clock)
+    feed = await _live_feed(settings, stores)
     runner = ProjectionRunner(
         f"{settings.namespace}.read-models",
-        stores.events,
+        stores.events if feed is None else feed.delivered,
         stores.reads,
         [p for s in services for p in s.projections],
         traced=True,
@@ -98,7 +108,20 @@ async def start_platform(
     tasks = [asyncio.create_task(_supervised(work)) for work in background]
     await server.start()
     await mark_serving(health, [b.name for b in bindings])
-    return RunningPlatform(server, port, stores, notary, runner, tasks, lock)
+    return RunningPlatform(server, port, stores, notary, runner, tasks, lock, feed)
+
+
+async def _live_feed(settings: Settings, stores: Stores) -> EventsFeed | None:
+    """Distributed: the FastStream subscriber that delivers the log to the live read models."""
+    if settings.backend != "distributed":
+        return None
+    from psvis.distributed import open_live_feed
+
+    try:
+        return await open_live_feed(settings, stores.events)
+    except BaseException:
+        await stores.close()
+        raise
 
 
 async def _supervised(work: Callable[[], Awaitable[None]]) -> None:
