@@ -95,6 +95,21 @@ def timer() -> Iterator[Callable[[], float]]:
     end.append(time.perf_counter())
 
 
+def best_of(rounds: int, *sides: Callable[[], Any]) -> list[tuple[Any, float]]:
+    """Run the sides in turn, `rounds` times; each side's last result and its fastest time.
+
+    For short, read-only runs: alternating rounds give both sides the same share of a noisy
+    machine, and the fastest of a few is the least disturbed.
+    """
+    out: list[tuple[Any, float]] = [(None, float("inf"))] * len(sides)
+    for _ in range(rounds):
+        for i, side in enumerate(sides):
+            with timer() as elapsed:
+                value = side()
+            out[i] = (value, min(out[i][1], elapsed()))
+    return out
+
+
 def fmt(value: float | None) -> str:
     if value is None:
         return "-"
