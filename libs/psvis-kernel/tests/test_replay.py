@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -9,9 +10,10 @@ from typing import Any
 
 import pytest
 from google.protobuf.message import Message
-from kernel_fixtures import START, build_log
+from kernel_fixtures import START, Log, build_log, note
 from psvis.audit import replay
 from psvis.common.v1 import envelope_pb2 as pb
+from psvis.envelope import RecordedEvent
 from psvis.projection import ProjectionRunner, StreamProjection
 from psvis.readstore.port import Document, Write, canonical_digest
 from psvis.readstore.sqlite import SqliteReadStore
@@ -83,7 +85,7 @@ class CountingStore(SqliteReadStore):
 async def test_catch_up_writes_each_document_once_not_once_per_page(tmp_path: Path) -> None:
     log = await build_log(tmp_path, events=30, streams=3)
     reads = CountingStore(log.db)
-    runner = ProjectionRunner("wb", log.store, reads, PROJECTIONS, batch=4)
+    runner = ProjectionRunner("wb", log.store, reads, PROJECTIONS, batch=4, flush_every=None)
     assert await runner.catch_up() == 29
     assert reads.written == 3  # 8 pages touch each of the 3 streams
     assert await reads.get_position("wb") == 29
@@ -114,10 +116,49 @@ async def test_a_failed_catch_up_moves_no_position_and_a_rerun_agrees(tmp_path: 
 
     reads = CountingStore(log.db)
     broken = [StreamProjection("s-", "notes", flaky)]
-    runner = ProjectionRunner("crash", log.store, reads, broken, batch=4, keep=1)
+    runner = ProjectionRunner("crash", log.store, reads, broken, batch=4, keep=1, flush_every=None)
     with pytest.raises(RuntimeError):
         await runner.catch_up()
     assert reads.written > 0  # documents that left the cache were written...
     assert await reads.get_position("crash") == -1  # ...but the position did not move
     assert await runner.catch_up() == 29  # the same runner goes on from the stored state
     assert await canonical_digest(reads, ["notes"]) == expected
+
+
+class GrowingLog:
+    """The log while writers keep appending: every page read brings one more event."""
+
+    def __init__(self, log: Log, more: int) -> None:
+        self._log, self._more = log, more
+        self.log_id = log.store.log_id
+
+    async def read_page(self, after: int, limit: int) -> list[RecordedEvent]:
+        if self._more > 0:
+            self._more -= 1
+            head = await self._log.store.head("s-0")
+            await self._log.store.append("s-0", head.version, [note("more", self._log.clock)])
+        return await self._log.store.read_page(after, limit)
+
+    async def wait_for_append(self, timeout: float) -> None:
+        return None
+
+
+async def test_a_live_runner_shows_progress_while_the_log_keeps_growing(tmp_path: Path) -> None:
+    """Readers waiting for their write must not wait for the log to stop growing."""
+    log = await build_log(tmp_path, events=30, streams=3)
+    reads = CountingStore(log.db)
+    runner = ProjectionRunner("live", GrowingLog(log, more=40), reads, PROJECTIONS, batch=4)  # type: ignore[arg-type]
+    seen: list[int] = []
+
+    async def watch() -> None:
+        while not seen or seen[-1] < 60:
+            seen.append(await reads.get_position("live"))
+            await asyncio.sleep(0)
+
+    watcher = asyncio.create_task(watch())
+    assert await runner.catch_up() == 69  # 30 events, then 40 appended while it ran
+    await asyncio.wait_for(watcher, 5)
+    moved = sorted({p for p in seen if p >= 0})
+    assert len(moved) > 5 and moved[0] < 40  # the position moved page by page, early on
+    assert await runner.wait_for_stream("s-1", 10, timeout=0.1)
+    assert {k: d["notes"] for k, d in await reads.list("notes")} == {"0": 50, "1": 10, "2": 10}

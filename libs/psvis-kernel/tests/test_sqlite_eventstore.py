@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -178,6 +179,82 @@ async def test_a_writer_killed_mid_append_leaves_a_log_that_verifies(tmp_path: P
             await store.append(stream, len(stored), [event("after the crash")])
         assert await store.log_size() == size + 13
         assert (await verify_store(store, SqliteCheckpointStore(db), [])).ok
+    finally:
+        await store.close()
+        await db.close()
+
+
+async def test_an_index_that_cannot_be_written_fails_no_committed_append(tmp_path: Path) -> None:
+    """The index is derived: its write failing (disk full...) must not fail a durable append."""
+    db, store = open_store(tmp_path / "psvis.db")
+    store._index = StreamIndex(store._conn, batch=4)
+    store._conn.execute(
+        "CREATE TEMP TRIGGER full BEFORE INSERT ON stream_index"
+        " BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
+    )
+    try:
+        for v in range(10):
+            (recorded,) = await store.append("s", v, [event(f"e{v}")])
+            assert recorded.version == v + 1
+        assert store._index.upto == -1  # nothing indexed on disk: the tail stays in memory
+        store._conn.execute("DROP TRIGGER full")
+        await store.append("s", 10, [event("e10")])
+        assert store._index.upto == 10  # written at the next chance
+        assert [e.version for e in await store.read_stream("s")] == list(range(1, 12))
+    finally:
+        await store.close()
+        await db.close()
+
+
+class FailingCommit:
+    """A connection whose next COMMIT fails, as on an I/O error or a full disk."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn, self.fail = conn, True
+
+    def execute(self, sql: str, *args: object) -> sqlite3.Cursor:
+        if sql == "COMMIT" and self.fail:
+            self.fail = False
+            raise sqlite3.OperationalError("disk I/O error")
+        return self.conn.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.conn, name)
+
+
+async def test_a_failed_commit_rolls_back_and_later_appends_are_durable(tmp_path: Path) -> None:
+    db, store = open_store(tmp_path / "psvis.db")
+    flaky = FailingCommit(store._conn)
+    store._conn = store._index._conn = flaky  # type: ignore[assignment]
+    try:
+        outcomes = await asyncio.gather(
+            store.append("a", 0, [event("1")]),
+            store.append("b", 0, [event("2")]),
+            return_exceptions=True,
+        )  # one group: one transaction, whose COMMIT fails
+        assert all(isinstance(o, sqlite3.OperationalError) for o in outcomes), outcomes
+        assert not flaky.conn.in_transaction
+        (recorded,) = await store.append("c", 0, [event("3")])
+        assert recorded.position == 0  # the failed group left no position taken
+        other = sqlite3.connect(tmp_path / "psvis.db")
+        assert other.execute("SELECT stream_id FROM events").fetchall() == [("c",)]
+        other.close()
+        (again,) = await store.append("a", 0, [event("1 again")])
+        assert again.position == 1
+    finally:
+        store._conn = flaky.conn
+        await store.close()
+        await db.close()
+
+
+async def test_a_cancelled_caller_appends_nothing(tmp_path: Path) -> None:
+    db, store = open_store(tmp_path / "psvis.db")
+    try:
+        doomed = asyncio.ensure_future(store.append("x", 0, [event("never")]))
+        await asyncio.sleep(0)  # queued, not yet written
+        doomed.cancel()
+        (kept,) = await store.append("y", 0, [event("kept")])
+        assert kept.position == 0 and await store.log_size() == 1
     finally:
         await store.close()
         await db.close()

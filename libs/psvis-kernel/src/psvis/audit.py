@@ -106,7 +106,9 @@ async def _fold_log(
     progress: Callable[[int], None] | None,
 ) -> int:
     """The runner, and the documents it keeps, are gone when this returns."""
-    runner = ProjectionRunner("replay", source, reads, projections, batch=PAGE, until=until)
+    runner = ProjectionRunner(
+        "replay", source, reads, projections, batch=PAGE, until=until, flush_every=None
+    )
     return await runner.catch_up(progress)
 
 

@@ -66,6 +66,7 @@ class ProjectionRunner:
         traced: bool = False,
         keep: int | None = None,
         until: datetime | None = None,
+        flush_every: int | None = -1,
     ) -> None:
         self.name = name
         self._log = log_source
@@ -74,6 +75,10 @@ class ProjectionRunner:
         self._batch = batch
         self._traced = traced  # live consumers continue the command's trace; replays do not
         self._keep = batch if keep is None else keep
+        # events folded between writing documents and moving the position: by default every
+        # page, so readers and waiters see progress while writers keep the log growing; None:
+        # only when the log is caught up (a replay of a log that does not grow)
+        self._flush_every = batch if flush_every == -1 else flush_every
         self._caches = [_Cache() for _ in projections]
         self._until = None if until is None else _moment(until)
         self._lock = asyncio.Lock()
@@ -88,7 +93,7 @@ class ProjectionRunner:
         async with self._lock:
             if self.position == -2:
                 self.position = await self._store.get_position(self.name)
-            folded = self.position
+            folded, unflushed = self.position, 0
             events = await self._log.read_page(folded, self._batch)
             while events:
                 # the next page is read (on the database thread) while this one is folded
@@ -97,20 +102,27 @@ class ProjectionRunner:
                 )
                 try:
                     await self._fold_batch(events)
+                    folded, unflushed = events[-1].position, unflushed + len(events)
+                    if self._flush_every is not None and unflushed >= self._flush_every:
+                        await self._commit(folded)
+                        unflushed = 0
                 except BaseException:
                     upcoming.cancel()
                     raise
-                folded = events[-1].position
                 if progress is not None:
                     progress(len(events))
                 events = await upcoming
-            if folded != self.position:
-                await self._flush()
-                self.position = folded
-                await self._store.set_position(self.name, folded)
-            async with self._advanced:
-                self._advanced.notify_all()
+            await self._commit(folded)
             return self.position
+
+    async def _commit(self, folded: int) -> None:
+        """Write the changed documents, then move the stored position to `folded`."""
+        if folded != self.position:
+            await self._flush()
+            self.position = folded
+            await self._store.set_position(self.name, folded)
+        async with self._advanced:
+            self._advanced.notify_all()
 
     async def run(self) -> None:
         """Follow the log for ever."""

@@ -39,10 +39,11 @@ def in_transaction(conn: sqlite3.Connection, work: Callable[[sqlite3.Connection]
     conn.execute("BEGIN IMMEDIATE")
     try:
         result = work(conn)
+        conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:  # also when COMMIT itself failed (I/O error, disk full)
+            conn.execute("ROLLBACK")
         raise
-    conn.execute("COMMIT")
     return result
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,6 +16,8 @@ from psvis.errors import ConcurrencyConflict
 from psvis.eventstore.port import StreamHead
 from psvis.eventstore.sqlite_index import StreamIndex
 from psvis.sqlite_db import SqliteDatabase, connect, in_transaction
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -83,7 +86,8 @@ class SqliteEventStore:
         return await request.done
 
     def _write_queue(self) -> None:
-        group, self._queue, self._scheduled = self._queue, [], False
+        queued, self._queue, self._scheduled = self._queue, [], False
+        group = [r for r in queued if not r.done.cancelled()]  # a cancelled caller wrote nothing
         try:
             results = self._write(group)
         except Exception as e:  # the transaction as a whole failed: nothing was written
@@ -97,6 +101,19 @@ class SqliteEventStore:
                 request.done.set_result(result)
         self._appended.set()
         self._appended = asyncio.Event()
+        if self._index.due:
+            self._flush_index()
+
+    def _flush_index(self) -> None:
+        """Write the index's tail; a failure only delays it (the index is derived from the log).
+
+        It runs after the callers have their results: their events are committed whatever
+        happens here.
+        """
+        try:
+            self._index.flush()
+        except sqlite3.Error as e:
+            log.warning("stream index not written yet (%s); the next append tries again", e)
 
     def _write(self, group: list[_Append]) -> list[list[RecordedEvent] | Exception]:
         while True:
@@ -107,7 +124,10 @@ class SqliteEventStore:
             try:
                 self._insert(rows)
             except sqlite3.IntegrityError:
+                known = self._index.known
                 self._index.learn_from_log()  # another writer took the position: decide again
+                if self._index.known == known:
+                    raise  # not a taken position: deciding again would change nothing
                 continue
             self._index.appended(rows)
             return results

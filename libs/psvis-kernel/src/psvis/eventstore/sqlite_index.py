@@ -64,6 +64,8 @@ class StreamIndex:
         self._heads: dict[str, StreamHead] = {}
         self._number_of: dict[str, int] = {}
         self.learn_from_log()
+        if self.due:
+            self.flush()
 
     def learn_from_log(self) -> None:
         """Take in the events the log holds beyond `known` (written by another writer)."""
@@ -99,8 +101,6 @@ class StreamIndex:
                 versions.append(entry)
             pending.append((r.stream_id, *entry))
         self.known = max(self.known, records[-1].position) if records else self.known
-        if len(pending) >= self._batch:
-            self.flush()
 
     def _add(self, entries: Iterable[Entry]) -> None:
         for stream_id, version, position in entries:
@@ -108,8 +108,11 @@ class StreamIndex:
                 self._tail.setdefault(stream_id, []).append((version, position))
                 self._pending.append((stream_id, version, position))
             self.known = max(self.known, position)
-        if len(self._pending) >= self._batch:
-            self.flush()
+
+    @property
+    def due(self) -> bool:
+        """Whether the tail is long enough to be written (flush)."""
+        return len(self._pending) >= self._batch
 
     def head(self, stream_id: str) -> StreamHead:
         cached = self._heads.get(stream_id)
@@ -164,11 +167,12 @@ class StreamIndex:
             conn.execute(
                 "INSERT OR REPLACE INTO stream_index_state (id, upto) VALUES (0, ?)", (upto,)
             )
+            conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # also when COMMIT itself failed
+                conn.execute("ROLLBACK")
             self._number_of.clear()  # numbers given out in this transaction are gone
             raise
-        conn.execute("COMMIT")
         self.upto, self._pending, self._tail = int(upto), [], {}
 
     def _numbers(self, names: set[str]) -> dict[str, int]:
