@@ -170,8 +170,9 @@ class ProjectionRunner:
         Each stream's events must follow its stored version; events already applied are passed
         over (at-least-once delivery is applied once).
         """
-        await self._fold_batch(events)
-        await self._flush()
+        async with self._lock:  # not while catch_up folds the same documents
+            await self._fold_batch(events)
+            await self._flush()
 
     async def _fold_batch(self, events: Sequence[RecordedEvent]) -> None:
         """Fold events into the kept documents; write only those that leave the cache."""
