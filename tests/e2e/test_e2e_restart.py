@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -49,3 +50,18 @@ async def test_data_survives_a_restart_and_lost_read_models_are_rebuilt(settings
         assert len((await unit.ListSystems(reg.ListSystemsRequest())).systems) == len(
             listed.systems
         )
+
+
+@pytest.mark.parametrize("backend", ["embedded"])
+async def test_a_platform_that_fails_to_start_leaves_its_data_folder_usable(
+    settings: Settings,
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        settings.listen = f"127.0.0.1:{taken.getsockname()[1]}"
+        with pytest.raises(Exception):  # noqa: B017  (whatever grpc raises for a taken port)
+            await start_platform(settings)
+    settings.listen = "127.0.0.1:0"
+    async with running(settings) as unit:  # the leader lock and the stores were released
+        await register(unit)

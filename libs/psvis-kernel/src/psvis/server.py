@@ -9,7 +9,7 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 import grpc
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
@@ -58,7 +58,7 @@ class RunningPlatform:
             await self.stores.close()
 
 
-def _leader_lock(settings: Settings) -> object:
+def _leader_lock(settings: Settings) -> TextIO:
     """Embedded: one process per data directory runs the singletons (notary, projections)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     handle = (settings.data_dir / "leader.lock").open("w")
@@ -83,31 +83,58 @@ async def start_platform(
     if problems:
         raise RulePackError("; ".join(problems))
     lock = _leader_lock(settings) if settings.backend == "embedded" else None
-    stores = await open_stores(settings, clock)
-    feed = await _live_feed(settings, stores)
-    runner = ProjectionRunner(
-        f"{settings.namespace}.read-models",
-        stores.events if feed is None else feed.delivered,
-        stores.reads,
-        [p for s in services for p in s.projections],
-        traced=True,
-    )
-    platform = Platform(stores.events, stores.reads, runner, pack, clock)
-    ensure_dev_pki(settings.pki_dir)
-    signer = Signer.load_or_create(settings.notary_key)
-    notary = Notary(
-        stores.events, stores.checkpoints, signer, clock,
-        every=settings.notary_every, interval=settings.notary_interval,
-    )  # fmt: skip
-    bindings = [s.bind(platform) for s in services]
-    server, port, health = create_server(
-        settings.listen, server_credentials(settings.pki_dir), bindings, [aio_server_interceptor()]
-    )
-    await runner.catch_up()
-    background: list[Callable[[], Awaitable[None]]] = [runner.run, notary.run, *stores.background]
-    tasks = [asyncio.create_task(_supervised(work)) for work in background]
-    await server.start()
-    await mark_serving(health, [b.name for b in bindings])
+    try:
+        stores = await open_stores(settings, clock)
+    except BaseException:
+        if lock is not None:
+            lock.close()
+        raise
+    feed: EventsFeed | None = None
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        feed = await _live_feed(settings, stores)
+        runner = ProjectionRunner(
+            f"{settings.namespace}.read-models",
+            stores.events if feed is None else feed.delivered,
+            stores.reads,
+            [p for s in services for p in s.projections],
+            traced=True,
+        )
+        platform = Platform(stores.events, stores.reads, runner, pack, clock)
+        ensure_dev_pki(settings.pki_dir)
+        signer = Signer.load_or_create(settings.notary_key)
+        notary = Notary(
+            stores.events, stores.checkpoints, signer, clock,
+            every=settings.notary_every, interval=settings.notary_interval,
+        )  # fmt: skip
+        bindings = [s.bind(platform) for s in services]
+        server, port, health = create_server(
+            settings.listen,
+            server_credentials(settings.pki_dir),
+            bindings,
+            [aio_server_interceptor()],
+        )
+        await runner.catch_up()
+        background: list[Callable[[], Awaitable[None]]] = [
+            runner.run,
+            notary.run,
+            *stores.background,
+        ]
+        tasks += [asyncio.create_task(_supervised(work)) for work in background]
+        await server.start()
+        await mark_serving(health, [b.name for b in bindings])
+    except BaseException:
+        # a platform that does not start leaves nothing running or locked behind
+        for task in tasks:
+            task.cancel()
+        try:
+            if feed is not None:
+                await feed.stop()
+        finally:
+            await stores.close()
+            if lock is not None:
+                lock.close()
+        raise
     return RunningPlatform(server, port, stores, notary, runner, tasks, lock, feed)
 
 
@@ -117,11 +144,7 @@ async def _live_feed(settings: Settings, stores: Stores) -> EventsFeed | None:
         return None
     from psvis.distributed import open_live_feed
 
-    try:
-        return await open_live_feed(settings, stores.events)
-    except BaseException:
-        await stores.close()
-        raise
+    return await open_live_feed(settings, stores.events)
 
 
 async def _supervised(work: Callable[[], Awaitable[None]]) -> None:
