@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fcntl
 import logging
 import signal
@@ -44,18 +43,37 @@ class RunningPlatform:
     feed: EventsFeed | None = None  # distributed: the subscriber the read models follow
 
     async def stop(self, grace: float = 2.0) -> None:
+        """Stop serving, stop the background loops, notarise the tail, close the stores.
+
+        Every step has a time limit, so a stuck client library cannot keep the process from
+        exiting; a step that overruns is logged and the next one runs.
+        """
         await self.server.stop(grace)
         for task in self.tasks:
             task.cancel()
-        for task in self.tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        await self.notary.catch_up()
+        if self.tasks:
+            ended, stuck = await asyncio.wait(self.tasks, timeout=STOP_STEP_TIMEOUT)
+            for task in ended:
+                if not task.cancelled() and task.exception() is not None:
+                    log.warning("background task ended with %r", task.exception())
+            for task in stuck:
+                log.warning("background task %s did not stop in time", task.get_coro())
         try:
+            await _bounded(self.notary.catch_up(), "notarising the tail of the log")
             if self.feed is not None:
-                await self.feed.stop()
+                await _bounded(self.feed.stop(), "stopping the event feed")
         finally:
-            await self.stores.close()
+            await _bounded(self.stores.close(), "closing the stores")
+
+
+STOP_STEP_TIMEOUT = 10.0
+
+
+async def _bounded(step: Awaitable[object], what: str) -> None:
+    try:
+        await asyncio.wait_for(step, STOP_STEP_TIMEOUT)
+    except TimeoutError:
+        log.warning("shutdown: %s took over %.0f s; going on without it", what, STOP_STEP_TIMEOUT)
 
 
 def _leader_lock(settings: Settings) -> TextIO:
