@@ -75,6 +75,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import os
 import socket
@@ -820,7 +821,13 @@ async def _each(work: Sequence[Awaitable[Any]], parallel: int = 8) -> None:
     gate = asyncio.Semaphore(parallel)
 
     async def one(item: Awaitable[Any]) -> None:
-        async with gate:
-            await item
+        started = False
+        try:
+            async with gate:
+                started = True
+                await item
+        finally:
+            if not started and inspect.iscoroutine(item):
+                item.close()  # cancelled while waiting for the gate: it never ran
 
     await asyncio.gather(*(one(w) for w in work))
