@@ -211,10 +211,12 @@ def cmd_audit_replay(args: argparse.Namespace) -> int:
     for coll, docs in out["read_models"].items():  # type: ignore[attr-defined]
         console.print(f"[bold]{coll}[/]: {len(docs)}")
         for key, doc in docs.items():
-            view = doc.get("view") or doc
-            console.print(
-                f"  {key}: {view.get('state', '')} {view.get('name', '')} v{view.get('version', '')}"
-            )
+            view = doc.get("view", doc)
+            if view:
+                line = f"{view.get('state', '')} {view.get('name', '')} v{view.get('version', '')}"
+            else:  # e.g. a refused registration: the refusal is recorded, nothing exists
+                line = f"nothing registered; {len(doc.get('refusals', []))} refusal(s) recorded"
+            console.print(f"  {key}: {line}")
     return 0
 
 
