@@ -63,6 +63,9 @@ class SqliteEventStore:
         self._appended = asyncio.Event()
         self._queue: list[_Append] = []
         self._scheduled = False
+        if db.path == ":memory:":
+            # the appender's own connection would open a second, separate in-memory database
+            raise ValueError("the embedded event store needs a database file, not :memory:")
         self._conn = connect(db.path)
         self._conn.executescript(SCHEMA)
         self._index = StreamIndex(self._conn)
