@@ -85,7 +85,7 @@ class CountingStore(SqliteReadStore):
 async def test_catch_up_writes_each_document_once_not_once_per_page(tmp_path: Path) -> None:
     log = await build_log(tmp_path, events=30, streams=3)
     reads = CountingStore(log.db)
-    runner = ProjectionRunner("wb", log.store, reads, PROJECTIONS, batch=4, flush_every=None)
+    runner = ProjectionRunner("wb", log.store, reads, PROJECTIONS, batch=4, flush_each_page=False)
     assert await runner.catch_up() == 29
     assert reads.written == 3  # 8 pages touch each of the 3 streams
     assert await reads.get_position("wb") == 29
@@ -116,7 +116,9 @@ async def test_a_failed_catch_up_moves_no_position_and_a_rerun_agrees(tmp_path: 
 
     reads = CountingStore(log.db)
     broken = [StreamProjection("s-", "notes", flaky)]
-    runner = ProjectionRunner("crash", log.store, reads, broken, batch=4, keep=1, flush_every=None)
+    runner = ProjectionRunner(
+        "crash", log.store, reads, broken, batch=4, keep=1, flush_each_page=False
+    )
     with pytest.raises(RuntimeError):
         await runner.catch_up()
     assert reads.written > 0  # documents that left the cache were written...

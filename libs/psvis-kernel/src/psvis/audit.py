@@ -107,7 +107,7 @@ async def _fold_log(
 ) -> int:
     """The runner, and the documents it keeps, are gone when this returns."""
     runner = ProjectionRunner(
-        "replay", source, reads, projections, batch=PAGE, until=until, flush_every=None
+        "replay", source, reads, projections, batch=PAGE, until=until, flush_each_page=False
     )
     return await runner.catch_up(progress)
 

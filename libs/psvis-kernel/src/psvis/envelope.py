@@ -58,6 +58,14 @@ class RecordedEvent:
         return event_hash(self.data)
 
     @classmethod
+    def stored(cls, position: int, data: bytes) -> RecordedEvent:
+        """The event whose stored bytes are `data`, at `position` of the log (decoded once)."""
+        env = pb.EventEnvelope.FromString(data)
+        event = cls(position, env.stream_id, int(env.stream_version), env.event_id, data)
+        event.__dict__["envelope"] = env  # where cached_property keeps it
+        return event
+
+    @classmethod
     def sealed(
         cls, position: int, stream_id: str, version: int, event_id: str, data: bytes, hash_: bytes
     ) -> RecordedEvent:
@@ -138,7 +146,7 @@ def _seal(
         event_id=event_id,
         stream_id=stream_id,
         stream_version=version,
-        type=event.payload.DESCRIPTOR.full_name,
+        type=event.type,
         occurred_at=occurred_at,
         recorded_at=recorded_at,
         actor=actor,
@@ -180,12 +188,12 @@ def seal_stream(
     out: list[RecordedEvent] = []
     prev, version, position = head_hash, head_version, first_position
     recorded = timestamp(recorded_at)
-    context, context_of = None, None
+    shared: tuple[NewEvent, _Context] | None = None  # the context, and the event it came from
     for event, event_id in zip(events, event_ids, strict=True):
-        if context is None or context_of is None or not _same_context(event, context_of):
-            context, context_of = _context(event), event
+        if shared is None or not _same_context(event, shared[0]):
+            shared = (event, _context(event))
         version += 1
-        data = _seal(event, event_id, stream_id, version, prev, recorded, context)
+        data = _seal(event, event_id, stream_id, version, prev, recorded, shared[1])
         prev = event_hash(data)
         out.append(RecordedEvent.sealed(position, stream_id, version, event_id, data, prev))
         if first_position >= 0:

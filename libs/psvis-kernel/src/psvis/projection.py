@@ -11,10 +11,9 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from google.protobuf.message import Message
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from psvis.common.v1 import envelope_pb2 as pb
-from psvis.envelope import RecordedEvent
+from psvis.envelope import RecordedEvent, timestamp
 from psvis.eventstore.port import EventStore
 from psvis.payloads import decode_payload
 from psvis.readstore.port import Document, ReadStore, Write
@@ -46,11 +45,13 @@ class StreamProjection:
 class ProjectionRunner:
     """Applies the log to read models in batches; a duplicate delivery is applied once.
 
-    The last `keep` documents folded stay in memory, so a stream seen again soon is neither read
-    back nor written again: a document is written when it leaves them, or when catch_up has
-    applied the whole log (only then does the stored position move). A replay thus encodes and
-    writes a busy stream's document once, not once per page; a crash in between loses nothing,
-    as the log is applied again from the stored position and what was written is passed over.
+    The last `keep` documents folded stay in memory, so a stream seen again soon is not read
+    back: a document is written when it leaves them, or when the runner commits, which writes
+    every changed document and then moves the stored position. A live runner commits after each
+    page, so readers see progress while writers keep the log growing; a replay
+    (`flush_each_page=False`) commits once, when the log is applied, and so encodes and writes a
+    busy stream's document once, not once per page. A crash in between loses nothing: the log is
+    applied again from the stored position and what was written is passed over.
     `until` applies only events recorded at or before it (AUD-3: the read models as they were);
     later ones are passed over, and the position still moves past them.
     """
@@ -66,7 +67,7 @@ class ProjectionRunner:
         traced: bool = False,
         keep: int | None = None,
         until: datetime | None = None,
-        flush_every: int | None = -1,
+        flush_each_page: bool = True,
     ) -> None:
         self.name = name
         self._log = log_source
@@ -75,10 +76,7 @@ class ProjectionRunner:
         self._batch = batch
         self._traced = traced  # live consumers continue the command's trace; replays do not
         self._keep = batch if keep is None else keep
-        # events folded between writing documents and moving the position: by default every
-        # page, so readers and waiters see progress while writers keep the log growing; None:
-        # only when the log is caught up (a replay of a log that does not grow)
-        self._flush_every = batch if flush_every == -1 else flush_every
+        self._flush_each_page = flush_each_page
         self._caches = [_Cache() for _ in projections]
         self._until = None if until is None else _moment(until)
         self._lock = asyncio.Lock()
@@ -93,7 +91,7 @@ class ProjectionRunner:
         async with self._lock:
             if self.position == -2:
                 self.position = await self._store.get_position(self.name)
-            folded, unflushed = self.position, 0
+            folded = self.position
             events = await self._log.read_page(folded, self._batch)
             while events:
                 # the next page is read (on the database thread) while this one is folded
@@ -102,10 +100,9 @@ class ProjectionRunner:
                 )
                 try:
                     await self._fold_batch(events)
-                    folded, unflushed = events[-1].position, unflushed + len(events)
-                    if self._flush_every is not None and unflushed >= self._flush_every:
+                    folded = events[-1].position
+                    if self._flush_each_page:
                         await self._commit(folded)
-                        unflushed = 0
                 except BaseException:
                     upcoming.cancel()
                     raise
@@ -301,8 +298,7 @@ class _Cache:
 
 def _moment(until: datetime) -> tuple[int, int]:
     """(seconds, microseconds) since the epoch; a naive datetime is UTC, as in Timestamp."""
-    stamp = Timestamp()
-    stamp.FromDatetime(until)
+    stamp = timestamp(until)
     return stamp.seconds, stamp.nanos // 1000
 
 

@@ -34,7 +34,6 @@ from faststream.message import StreamMessage
 from google.protobuf.message import DecodeError
 
 from psvis.asyncapi import EventEnvelopeBytes, events_topic
-from psvis.common.v1 import envelope_pb2 as pb
 from psvis.envelope import NewEvent, RecordedEvent
 from psvis.eventstore.mongo_kafka import POSITION_HEADER
 from psvis.eventstore.port import EventStore, StreamHead
@@ -154,13 +153,9 @@ def recorded_events(
             log.warning("a record without %s on the log topic; passed over", POSITION_HEADER)
             continue
         try:
-            env = pb.EventEnvelope.FromString(data)
+            out.append(RecordedEvent.stored(int(stamped), data))
         except DecodeError:
             log.warning("position %s of the log topic is no EventEnvelope; passed over", stamped)
-            continue
-        out.append(
-            RecordedEvent(int(stamped), env.stream_id, env.stream_version, env.event_id, data)
-        )
     return out
 
 

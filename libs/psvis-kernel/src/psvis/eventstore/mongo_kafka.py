@@ -484,9 +484,7 @@ def _header(headers: Sequence[tuple[str, bytes]] | None, name: str) -> bytes | N
 
 
 def _recorded(record: Any, position: int) -> RecordedEvent:
-    data = bytes(record.value)
-    env = pb.EventEnvelope.FromString(data)
-    return RecordedEvent(position, env.stream_id, int(env.stream_version), env.event_id, data)
+    return RecordedEvent.stored(position, bytes(record.value))
 
 
 class Lease:

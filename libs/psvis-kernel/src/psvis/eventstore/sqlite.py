@@ -96,8 +96,6 @@ class SqliteEventStore:
         except Exception as e:  # the transaction as a whole failed: nothing was written
             results = [e] * len(group)
         for request, result in zip(group, results, strict=True):
-            if request.done.done():
-                continue  # the caller was cancelled
             if isinstance(result, Exception):
                 request.done.set_exception(result)
             else:

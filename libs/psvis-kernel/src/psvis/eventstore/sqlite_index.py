@@ -86,21 +86,11 @@ class StreamIndex:
         """Events this writer has just committed, in position order."""
         heads = self._heads
         for r in records:
-            if r.stream_id in heads:
-                del heads[r.stream_id]  # re-inserted last: the cache drops the oldest first
-        for r in records:
-            heads[r.stream_id] = StreamHead(r.version, r.hash)  # a stream's last event wins
+            heads.pop(r.stream_id, None)  # re-inserted last: the cache drops the oldest first
+            heads[r.stream_id] = StreamHead(r.version, r.hash)
         while len(heads) > HEADS_CACHED:
             del heads[next(iter(heads))]
-        tail, pending = self._tail, self._pending
-        for r in records:
-            entry = (r.version, r.position)
-            if (versions := tail.get(r.stream_id)) is None:
-                tail[r.stream_id] = [entry]
-            else:
-                versions.append(entry)
-            pending.append((r.stream_id, *entry))
-        self.known = max(self.known, records[-1].position) if records else self.known
+        self._add((r.stream_id, r.version, r.position) for r in records)
 
     def _add(self, entries: Iterable[Entry]) -> None:
         for stream_id, version, position in entries:

@@ -89,23 +89,20 @@ class SqliteReadStore:
         return await self._db.run(lambda c: in_transaction(c, work))
 
     async def list(self, collection: str) -> list[tuple[str, Document]]:
-        rows = await self._db.run(
-            lambda c: c.execute(
-                "SELECT key, doc FROM read_models WHERE collection = ? ORDER BY key",
-                (collection,),
-            ).fetchall()
-        )
-        return [(str(k), json.loads(d)) for k, d in rows]
+        return [(k, json.loads(d)) for k, d in await self._stored(collection)]
 
     async def list_json(self, collection: str) -> Sequence[tuple[str, bytes]]:
         """The stored text is canonical_text(doc) already."""
+        return [(k, d.encode()) for k, d in await self._stored(collection)]
+
+    async def _stored(self, collection: str) -> Sequence[tuple[str, str]]:
         rows = await self._db.run(
             lambda c: c.execute(
                 "SELECT key, doc FROM read_models WHERE collection = ? ORDER BY key",
                 (collection,),
             ).fetchall()
         )
-        return [(str(k), d.encode()) for k, d in rows]
+        return [(str(k), str(d)) for k, d in rows]
 
     async def get_position(self, projection: str) -> int:
         row = await self._db.run(
