@@ -6,14 +6,32 @@ import json
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Iterator
+from concurrent.futures import Executor, Future
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import pytest
 from kernel_fixtures import Log, build_log, note
+from psvis import audit
 from psvis.audit import verify_store
 from psvis.clock import SequentialIds
 from psvis.eventstore.sqlite import SqliteEventStore
 from psvis.signing import Signer
+
+
+@pytest.fixture(autouse=True, params=["ledger-checked-here", "ledger-checked-in-a-worker"])
+def ledger_worker(
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> Iterator[bool]:
+    """Every case runs both ways: the report must not depend on where the ledger is checked."""
+    in_worker = request.param.endswith("worker")
+    monkeypatch.setattr(audit, "LEDGER_WORKER_FROM", 1 if in_worker else 10**12)
+    yield in_worker
+    if request.node.name.find("cannot_run") < 0:
+        assert "ledger worker could not run" not in caplog.text  # it ran, where asked to
 
 
 async def verify(log: Log, signer: Signer | None = None) -> dict:
@@ -165,3 +183,46 @@ async def test_aud1_checkpoints_filed_under_another_log_id_do_not_vouch_for_it(
     assert not report.ok and report.failure is not None
     assert (report.failure.offset, report.failure.check) == (0, "checkpoint-log")
     assert "psvis.events/0" in report.failure.detail
+
+
+async def test_aud1_a_bad_ledger_is_named_before_a_changed_event(tmp_path: Path) -> None:
+    """As if the checkpoints were checked first, wherever and whenever that check finishes."""
+    log = await build_log(tmp_path)
+    data = bytearray(data_at(tmp_path, 3))
+    data[-3] ^= 0x01
+    tamper(
+        tmp_path,
+        ("UPDATE events SET data = ? WHERE position = 3", (bytes(data),)),
+        ("UPDATE checkpoints SET leaves = zeroblob(length(leaves)) WHERE tree_size = 24", ()),
+    )
+    report = await verify(log)
+    assert not report["ok"]
+    assert report["failure"] == {
+        "offset": 16,
+        "check": "checkpoint-root",
+        "detail": "checkpoint 24: ledger does not match the signed root",
+    }
+    assert report["checkpoints_checked"] == 2 and report["events_checked"] == 0
+
+
+async def test_aud2_a_worker_that_cannot_run_leaves_the_check_to_this_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Broken(Executor):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            pass
+
+        def submit(self, *args: object, **kwargs: object) -> Future[object]:
+            failed: Future[object] = Future()
+            failed.set_exception(BrokenProcessPool("worker died"))
+            return failed
+
+    log = await build_log(tmp_path)
+    monkeypatch.setattr(audit, "ProcessPoolExecutor", Broken)
+    report = await verify_store(log.store, log.checkpoints, [log.signer.public], ledger_worker=True)
+    assert report.ok and report.checkpoints_checked == 4 and report.notarised_size == 30
+    assert "ledger worker could not run (worker died)" in caplog.text
+    stranger = Signer.load_or_create(tmp_path / "other" / "k.key")
+    report = await verify_store(log.store, log.checkpoints, [stranger.public], ledger_worker=True)
+    assert not report.ok and report.failure is not None
+    assert report.failure.check == "checkpoint-key"

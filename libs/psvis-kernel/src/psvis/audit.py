@@ -5,7 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+import logging
+import multiprocessing
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -19,9 +23,14 @@ from psvis.readstore.port import ReadStore, canonical_digest
 from psvis.readstore.sqlite import SqliteReadStore
 from psvis.signing import key_id
 from psvis.sqlite_db import SqliteDatabase
-from psvis.verify import LogVerifier, VerifyReport, _Stop
+from psvis.verify import LedgerCheck, LogVerifier, VerifyReport, _Stop
 
 PAGE = 5000
+log = logging.getLogger(__name__)
+
+
+# below this many notarised events, starting a process costs more than the ledger check saves
+LEDGER_WORKER_FROM = 100_000
 
 
 async def verify_store(
@@ -29,30 +38,87 @@ async def verify_store(
     checkpoints: CheckpointStore,
     keys: Sequence[Ed25519PublicKey],
     progress: Callable[[int], None] | None = None,
+    *,
+    ledger_worker: bool | None = None,
 ) -> VerifyReport:
-    """Check every stored event and every signed checkpoint of the log (AUD-2)."""
-    verifier = LogVerifier(
-        events.log_id, await checkpoints.all(events.log_id), {key_id(k): k for k in keys}
-    )
-    read = getattr(events, "read_page_bytes", None) or _page_bytes(events)
-    try:
-        verifier.check_checkpoints()
-        page = await read(-1, PAGE)
-        while page:
-            # the next page is read (on the database thread) while this one is checked
-            upcoming = asyncio.ensure_future(read(page[-1][0], PAGE))
-            try:
-                verifier.check_page(page)
-            except BaseException:
-                upcoming.cancel()
-                raise
-            if progress is not None:
-                progress(len(page))
-            page = await upcoming
-        verifier.finish()
-    except _Stop:
-        pass
+    """Check every stored event and every signed checkpoint of the log (AUD-2).
+
+    The checkpoints' ledger (signatures, and the Merkle tree rebuilt from every leaf) is checked
+    in a worker process while this one checks the events, when `ledger_worker` says so; by
+    default when the notarised log holds LEDGER_WORKER_FROM events or more. The report is the
+    same either way.
+    """
+    records = await checkpoints.all(events.log_id)
+    verifier = LogVerifier(events.log_id, records, {key_id(k): k for k in keys})
+    if ledger_worker is None:
+        ledger_worker = bool(records) and records[-1].tree_size >= LEDGER_WORKER_FROM
+    async with _ledger_checked(verifier, ledger_worker) as ledger:
+        with contextlib.suppress(_Stop):  # a failure of the events stands unless the ledger fails
+            await _check_events(verifier, events, ledger, progress)
+        try:
+            if not ledger.applied:
+                verifier.apply_ledger(await ledger.found)
+            if verifier.report.ok:
+                verifier.finish()
+        except _Stop:
+            pass
     return verifier.report
+
+
+@dataclass
+class _Ledger:
+    found: asyncio.Future[LedgerCheck]
+    applied: bool = False
+
+
+@contextlib.asynccontextmanager
+async def _ledger_checked(verifier: LogVerifier, in_worker: bool) -> AsyncIterator[_Ledger]:
+    """check_ledger, running in a worker process or done already."""
+    if not in_worker:
+        done = asyncio.get_running_loop().create_future()
+        done.set_result(verifier.ledger_check())
+        yield _Ledger(done)
+        return
+    # spawn: this process has threads (the database's), which fork would copy half-way
+    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        found = asyncio.get_running_loop().run_in_executor(pool, verifier.ledger_job())
+        yield _Ledger(asyncio.ensure_future(_or_here(found, verifier)))
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+async def _or_here(found: Awaitable[LedgerCheck], verifier: LogVerifier) -> LedgerCheck:
+    """The worker's answer; if the worker could not run, the check done here."""
+    try:
+        return await found
+    except BrokenProcessPool as e:
+        log.warning("the ledger worker could not run (%s): checking the ledger here", e)
+        return verifier.ledger_check()
+
+
+async def _check_events(
+    verifier: LogVerifier,
+    events: EventStore,
+    ledger: _Ledger,
+    progress: Callable[[int], None] | None,
+) -> None:
+    read = getattr(events, "read_page_bytes", None) or _page_bytes(events)
+    page = await read(-1, PAGE)
+    while page:
+        # the next page is read (on the database thread) while this one is checked
+        upcoming = asyncio.ensure_future(read(page[-1][0], PAGE))
+        try:
+            if not ledger.applied and ledger.found.done():
+                ledger.applied = True
+                verifier.apply_ledger(ledger.found.result())  # stops here if it failed
+            verifier.check_page(page)
+        except BaseException:
+            upcoming.cancel()
+            raise
+        if progress is not None:
+            progress(len(page))
+        page = await upcoming
 
 
 def _page_bytes(

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from itertools import islice
 from typing import Any, NoReturn
@@ -47,8 +48,71 @@ class _Stop(Exception):
 _NO_HEAD = (0, b"")
 
 
+@dataclass(frozen=True)
+class LedgerCheck:
+    """What check_ledger found: the checkpoints that passed, the size they cover, or a failure."""
+
+    checkpoints_checked: int
+    notarised_size: int
+    failure: Failure | None = None
+
+
+def check_ledger(
+    log_id: str, checkpoints: Sequence[CheckpointRecord], keys: Mapping[str, bytes]
+) -> LedgerCheck:
+    """The notarised ledger of leaves must match every signed root, signatures valid.
+
+    `keys` maps key ids to raw Ed25519 public keys. A plain function of plain values, so that
+    `audit verify` can run it in a worker process (rebuilding the Merkle tree costs a SHA-256 per
+    event) while it checks the events themselves.
+    """
+    publics = {kid: Ed25519PublicKey.from_public_bytes(raw) for kid, raw in keys.items()}
+    tree, checked, previous = MerkleTree(), 0, 0
+
+    def failed(check: str, detail: str) -> LedgerCheck:
+        return LedgerCheck(checked, previous, Failure(previous, check, detail))
+
+    for record in checkpoints:
+        signed = pb.SignedCheckpoint.FromString(record.signed)
+        cp = pb.Checkpoint.FromString(signed.checkpoint)
+        key = publics.get(cp.key_id)
+        if key is None:
+            return failed(
+                "checkpoint-key", f"checkpoint {cp.tree_size} signed by unknown key {cp.key_id}"
+            )
+        if not verify_signature(key, signed.signature, signed.checkpoint):
+            return failed("checkpoint-signature", f"checkpoint {cp.tree_size}: bad signature")
+        if cp.log_id != log_id:
+            # the signature covers the log id: a checkpoint of another log vouches for
+            # nothing here, whatever the store files it under
+            return failed(
+                "checkpoint-log",
+                f"checkpoint {cp.tree_size} was signed for log {cp.log_id!r}, not {log_id!r}",
+            )
+        chunk = record.leaves
+        if len(chunk) != 32 * (cp.tree_size - previous) or cp.tree_size != record.tree_size:
+            return failed(
+                "checkpoint-ledger",
+                f"checkpoint {cp.tree_size}: ledger holds the wrong number of leaves",
+            )
+        tree.extend_packed(chunk)
+        if tree.root() != cp.root_hash:
+            return failed(
+                "checkpoint-root",
+                f"checkpoint {cp.tree_size}: ledger does not match the signed root",
+            )
+        checked, previous = checked + 1, cp.tree_size
+    return LedgerCheck(checked, previous)
+
+
 class LogVerifier:
-    """Streams the log once: O(1) work per event, memory O(streams)."""
+    """Streams the log once: O(1) work per event, memory O(streams).
+
+    The signed checkpoints and their ledger are checked by check_checkpoints, or by
+    check_ledger elsewhere and handed to apply_ledger; until then the events are compared with
+    the ledger as stored. A failure of the ledger is reported before any failure of the events,
+    as if it had been checked first.
+    """
 
     def __init__(
         self,
@@ -58,11 +122,11 @@ class LogVerifier:
     ) -> None:
         self.report = VerifyReport(log_id=log_id)
         self._heads: dict[str, tuple[int, bytes]] = {}
-        self._leaves = b""
         self._checkpoints = checkpoints
         self._keys = keys
+        self._leaves = b"".join(record.leaves for record in checkpoints)
+        self._notarised = len(self._leaves) // 32
         self._next = 0
-        self._notarised = 0
 
     def _fail(self, offset: int, check: str, detail: str) -> NoReturn:
         self.report.ok = False
@@ -70,51 +134,23 @@ class LogVerifier:
         self.report.events_checked = self._next
         raise _Stop
 
+    def ledger_job(self) -> Callable[[], LedgerCheck]:
+        """check_ledger with its arguments as plain values, which another process can be sent."""
+        raw = {kid: key.public_bytes_raw() for kid, key in self._keys.items()}
+        return functools.partial(check_ledger, self.report.log_id, list(self._checkpoints), raw)
+
+    def ledger_check(self) -> LedgerCheck:
+        return self.ledger_job()()
+
     def check_checkpoints(self) -> None:
-        """The notarised ledger of leaves must match every signed root, signatures valid."""
-        tree, leaves, previous = MerkleTree(), [], 0
-        for record in self._checkpoints:
-            signed = pb.SignedCheckpoint.FromString(record.signed)
-            cp = pb.Checkpoint.FromString(signed.checkpoint)
-            key = self._keys.get(cp.key_id)
-            if key is None:
-                self._fail(
-                    previous,
-                    "checkpoint-key",
-                    f"checkpoint {cp.tree_size} signed by unknown key {cp.key_id}",
-                )
-            elif not verify_signature(key, signed.signature, signed.checkpoint):
-                self._fail(
-                    previous, "checkpoint-signature", f"checkpoint {cp.tree_size}: bad signature"
-                )
-            if cp.log_id != self.report.log_id:
-                # the signature covers the log id: a checkpoint of another log vouches for
-                # nothing here, whatever the store files it under
-                self._fail(
-                    previous,
-                    "checkpoint-log",
-                    f"checkpoint {cp.tree_size} was signed for log {cp.log_id!r},"
-                    f" not {self.report.log_id!r}",
-                )
-            chunk = record.leaves
-            if len(chunk) != 32 * (cp.tree_size - previous) or cp.tree_size != record.tree_size:
-                self._fail(
-                    previous,
-                    "checkpoint-ledger",
-                    f"checkpoint {cp.tree_size}: ledger holds the wrong number of leaves",
-                )
-            tree.extend_packed(chunk)
-            if tree.root() != cp.root_hash:
-                self._fail(
-                    previous,
-                    "checkpoint-root",
-                    f"checkpoint {cp.tree_size}: ledger does not match the signed root",
-                )
-            leaves.append(chunk)
-            previous = cp.tree_size
-            self.report.checkpoints_checked += 1
-        self._leaves = b"".join(leaves)
-        self.report.notarised_size = self._notarised = previous
+        self.apply_ledger(self.ledger_check())
+
+    def apply_ledger(self, found: LedgerCheck) -> None:
+        self.report.checkpoints_checked = found.checkpoints_checked
+        if found.failure is not None:
+            self._next = 0  # nothing the ledger was to vouch for counts as checked
+            self._fail(found.failure.offset, found.failure.check, found.failure.detail)
+        self.report.notarised_size = found.notarised_size
 
     def check_event(self, offset: int, data: bytes) -> None:
         self.check_page(((offset, data),))
