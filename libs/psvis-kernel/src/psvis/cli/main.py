@@ -173,6 +173,16 @@ def _parse_time(text: str) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 1 or more")
+    return value
+
+
 def cmd_audit_replay(args: argparse.Namespace) -> int:
     from psvis.audit import replay
     from psvis.stores import open_stores
@@ -190,7 +200,8 @@ def cmd_audit_replay(args: argparse.Namespace) -> int:
             with _progress("replaying", total) as bar:
                 task = bar.add_task("replay", total=total)
                 result = await replay(stores.events, projections, collections, until=until,
-                                      into=args.into or ":memory:", progress=lambda n: bar.advance(task, n))  # fmt: skip
+                                      into=args.into or ":memory:", progress=lambda n: bar.advance(task, n),
+                                      workers=args.workers)  # fmt: skip
             models = {c: dict(await result.reads.list(c)) for c in collections}
             await result.db.close()
             return {
@@ -280,6 +291,12 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--until", help="a time (ISO 8601); events recorded later are left out")
     rep.add_argument(
         "--into", help="SQLite file to keep the rebuilt read models in (default: memory)"
+    )
+    rep.add_argument(
+        "--workers",
+        type=_positive_int,
+        help="processes that fold the embedded log, each a share of the streams"
+        " (default: one per core from 200,000 events, else 1)",
     )
     rep.add_argument("--json", action="store_true", help="print the rebuilt read models as JSON")
     rep.set_defaults(run=cmd_audit_replay)

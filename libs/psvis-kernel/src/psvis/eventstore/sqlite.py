@@ -60,6 +60,7 @@ class SqliteEventStore:
         self._clock = clock
         self._ids = ids
         self.log_id = log_id
+        self.path = db.path  # the log's file, which replay workers open for themselves
         self._appended = asyncio.Event()
         self._queue: list[_Append] = []
         self._scheduled = False
@@ -190,7 +191,7 @@ class SqliteEventStore:
                 f" WHERE position IN ({','.join('?' * len(chunk))}) ORDER BY position",
                 chunk,
             ).fetchall()
-        return [RecordedEvent(*row) for row in rows]
+        return list(map(RecordedEvent.from_row, rows))
 
     async def read_page_bytes(self, after: int, limit: int) -> list[tuple[int, bytes]]:
         """(position, stored bytes) of up to `limit` events after `after`: what audit verify reads."""
@@ -206,7 +207,7 @@ class SqliteEventStore:
 
     async def read_page(self, after: int, limit: int) -> list[RecordedEvent]:
         rows = await self._db.run(lambda c: _log_page(c, after, limit))
-        return [RecordedEvent(*row) for row in rows]
+        return list(map(RecordedEvent.from_row, rows))
 
     async def wait_for_append(self, timeout: float) -> None:
         """Woken by appends in this process; other processes' appends are seen on timeout."""
