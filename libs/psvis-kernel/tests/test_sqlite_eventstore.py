@@ -23,7 +23,7 @@ from psvis.clock import FixedClock, SequentialIds
 from psvis.errors import ConcurrencyConflict
 from psvis.eventstore.sqlite import SqliteEventStore
 from psvis.eventstore.sqlite_index import StreamIndex
-from psvis.sqlite_db import SqliteDatabase
+from psvis.sqlite_db import SqliteDatabase, WalCheckpointer
 from store_harness import T0, event
 
 KERNEL_TESTS = Path(__file__).resolve().parent
@@ -258,3 +258,37 @@ async def test_a_cancelled_caller_appends_nothing(tmp_path: Path) -> None:
     finally:
         await store.close()
         await db.close()
+
+
+async def test_the_wal_is_checkpointed_by_a_thread_not_by_appends(tmp_path: Path) -> None:
+    """The log's pages reach the database file without any append waiting for it."""
+    path = tmp_path / "log.db"
+    db, store = open_store(path)
+    writer_threshold = store._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+    assert writer_threshold == WalCheckpointer.FALLBACK_PAGES  # commits no longer checkpoint
+    empty = path.stat().st_size
+    await fill(store, streams=40, rounds=10)  # ~800 events: far below the writer's threshold
+    for _ in range(100):  # the checkpointer runs every 50 ms once something was committed
+        if path.stat().st_size > empty + 100_000:
+            break
+        await asyncio.sleep(0.05)
+    assert path.stat().st_size > empty + 100_000, "the WAL was never copied into the file"
+    await store.close()
+    await db.close()
+    db, store = open_store(path)
+    assert await store.log_size() == sum(1 + (r + s) % 3 for r in range(10) for s in range(40))
+    report = await verify_store(store, SqliteCheckpointStore(db), [])
+    assert report.ok, report
+    await store.close()
+    await db.close()
+
+
+def test_a_checkpointer_that_cannot_open_the_file_says_so_and_stops(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    conn = sqlite3.connect(tmp_path / "x.db")
+    checkpointer = WalCheckpointer(conn, str(tmp_path / "missing-folder" / "x.db"), interval=0.01)
+    checkpointer.commits += 1
+    checkpointer.close()
+    assert "WAL checkpointer not started (unable to open database file)" in caplog.text
+    conn.close()

@@ -15,7 +15,7 @@ from psvis.envelope import NewEvent, RecordedEvent, seal_stream
 from psvis.errors import ConcurrencyConflict
 from psvis.eventstore.port import StreamHead
 from psvis.eventstore.sqlite_index import StreamIndex
-from psvis.sqlite_db import SqliteDatabase, connect, in_transaction
+from psvis.sqlite_db import SqliteDatabase, WalCheckpointer, connect, in_transaction
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,7 @@ class SqliteEventStore:
         self._conn = connect(db.path)
         self._conn.executescript(SCHEMA)
         self._index = StreamIndex(self._conn)
+        self._checkpointer = WalCheckpointer(self._conn, db.path)
 
     async def append(
         self, stream_id: str, expected_version: int, events: Sequence[NewEvent]
@@ -174,6 +175,7 @@ class SqliteEventStore:
             self._conn.execute(INSERT, values[0])  # a transaction of its own
         elif values:
             in_transaction(self._conn, lambda c: c.executemany(INSERT, values))
+        self._checkpointer.commits += 1
 
     def _fresh(self) -> StreamIndex:
         """The index, having learnt whatever other writers appended."""
@@ -222,8 +224,11 @@ class SqliteEventStore:
 
     async def close(self) -> None:
         """Write the stream index and close this store's connection (the database is the opener's)."""
-        self._index.flush()
-        self._conn.close()
+        try:
+            self._index.flush()
+        finally:
+            self._checkpointer.close()
+            self._conn.close()
 
 
 def _log_page(
