@@ -76,13 +76,23 @@ async def test_aud3_replay_until_shows_state_as_it_was(tmp_path: Path) -> None:
 
 
 class CountingStore(SqliteReadStore):
-    """Counts the documents written, to see the runner's write-back."""
+    """Counts the documents written, and notes which were written or read back, in order."""
 
-    written = 0
+    def __init__(self, db: SqliteDatabase) -> None:
+        super().__init__(db)
+        self.written = 0
+        self.calls: list[tuple[str, str]] = []
 
     async def put_many(self, collection: str, writes: Sequence[Write]) -> int:
         self.written += len(writes)
+        self.calls += [("put", w.key) for w in writes]
         return await super().put_many(collection, writes)
+
+    async def get_many(
+        self, collection: str, keys: Sequence[str]
+    ) -> dict[str, tuple[Document, int]]:
+        self.calls += [("get", k) for k in keys]
+        return await super().get_many(collection, keys)
 
 
 async def test_catch_up_writes_each_document_once_not_once_per_page(tmp_path: Path) -> None:
@@ -103,6 +113,34 @@ async def test_documents_leaving_the_cache_are_written_and_agree(tmp_path: Path)
     await runner.catch_up()
     assert await canonical_digest(reads, ["notes"]) == expected
     assert reads.written > 5  # evicted documents were written as they left
+
+
+@pytest.mark.parametrize("flush_each_page", [True, False])
+async def test_a_runner_on_an_empty_store_reads_back_only_what_it_wrote(
+    tmp_path: Path, flush_each_page: bool
+) -> None:
+    """What a replay does: documents leave memory (keep=1) and come back, written meanwhile."""
+    log = await build_log(tmp_path, events=40, streams=5)
+    expected = (await replay(log.store, PROJECTIONS, ["notes"], workers=1)).digest
+    runs = {}
+    for empty in (False, True):
+        reads = CountingStore(SqliteDatabase(tmp_path / f"reads-{empty}.db"))
+        runner = ProjectionRunner(
+            "r", log.store, reads, PROJECTIONS, batch=3, keep=1,
+            flush_each_page=flush_each_page, empty=empty,
+        )  # fmt: skip
+        assert await runner.catch_up() == 39
+        assert await canonical_digest(reads, ["notes"]) == expected
+        runs[empty] = reads.calls
+    plain = runs[False]
+    asked_first = [
+        k for i, (call, k) in enumerate(plain) if call == "get" and ("put", k) not in plain[:i]
+    ]
+    assert {"0", "1", "2", "3", "4"} <= set(asked_first)  # a runner that may not assume: asks
+    told = runs[True]
+    assert any(call == "get" for call, _ in told)  # documents that left memory came back
+    for i, (call, key) in enumerate(told):
+        assert call == "put" or ("put", key) in told[:i], f"{key} read before it was written"
 
 
 async def test_a_failed_catch_up_moves_no_position_and_a_rerun_agrees(tmp_path: Path) -> None:

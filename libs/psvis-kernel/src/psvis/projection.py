@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -62,6 +62,9 @@ class ProjectionRunner:
     applied again from the stored position and what was written is passed over.
     `until` applies only events recorded at or before it (AUD-3: the read models as they were);
     later ones are passed over, and the position still moves past them.
+    A runner told its store starts `empty` (a replay) reads back only documents it has
+    written, and writes the documents that leave its memory while it folds on (a live runner
+    waits for those writes, so that what it has folded is stored when it says so).
     """
 
     def __init__(
@@ -76,6 +79,7 @@ class ProjectionRunner:
         keep: int | None = None,
         until: datetime | None = None,
         flush_each_page: bool = True,
+        empty: bool = False,
     ) -> None:
         self.name = name
         self._log = log_source
@@ -86,6 +90,9 @@ class ProjectionRunner:
         self._keep = batch if keep is None else keep
         self._flush_each_page = flush_each_page
         self._caches = [_Cache() for _ in projections]
+        # keys of the documents written so far, per projection, when the store started empty
+        self._written: list[set[str]] | None = [set() for _ in projections] if empty else None
+        self._writing: asyncio.Task[None] | None = None  # documents that left the cache
         self._until = None if until is None else _moment(until)
         self._lock = asyncio.Lock()
         self.position = -2  # unknown until loaded
@@ -113,6 +120,7 @@ class ProjectionRunner:
                         await self._commit(folded)
                 except BaseException:
                     upcoming.cancel()
+                    self._abandon_writing()
                     raise
                 if progress is not None:
                     progress(len(events))
@@ -180,16 +188,35 @@ class ProjectionRunner:
             await self._flush()
 
     async def _fold_batch(self, events: Sequence[RecordedEvent]) -> None:
-        """Fold events into the kept documents; write only those that leave the cache."""
+        """Fold events into the kept documents; start writing those that leave the cache."""
         routed = self._route(events)
-        for projection, cache, chosen in zip(self._projections, self._caches, routed, strict=True):
+        for i, chosen in enumerate(routed):
             if chosen:
+                cache = self._caches[i]
                 try:
-                    await self._fold(projection, cache, chosen)
+                    await self._fold(i, chosen)
                 except BaseException:
                     cache.clear()  # a fold may have half-changed a kept document
                     raise
-                await self._write(projection, cache, cache.evict(self._keep))
+                leaving = cache.evict(self._keep)
+                if leaving:
+                    await self._settle()  # one write at a time, in order
+                    self._writing = asyncio.ensure_future(self._write(i, leaving))
+
+    async def _settle(self) -> None:
+        """Wait for the documents that left the cache to be written."""
+        if self._writing is not None:
+            writing, self._writing = self._writing, None
+            await writing
+
+    def _abandon_writing(self) -> None:
+        """After a failure: whatever became of that write, the position has not moved past it."""
+        if self._writing is not None:
+            writing, self._writing = self._writing, None
+            if writing.done() and not writing.cancelled():
+                writing.exception()  # retrieved, so asyncio does not report it as lost
+            else:
+                writing.cancel()
 
     def _route(self, events: Sequence[RecordedEvent]) -> list[list[tuple[str, RecordedEvent]]]:
         """Each projection's (key, event) pairs, in log order; keys are found once per stream."""
@@ -200,11 +227,15 @@ class ProjectionRunner:
             routed.append([(keys[e.stream_id], e) for e in events if e.stream_id in keys])
         return routed
 
-    async def _fold(
-        self, projection: StreamProjection, cache: _Cache, events: list[tuple[str, RecordedEvent]]
-    ) -> None:
+    async def _fold(self, i: int, events: list[tuple[str, RecordedEvent]]) -> None:
+        projection, cache = self._projections[i], self._caches[i]
         missing = cache.touch({k for k, _ in events})
+        if missing and self._written is not None:  # the store has only what was written here
+            written = self._written[i]
+            cache.load({}, [k for k in missing if k not in written])
+            missing = [k for k in missing if k in written]
         if missing:
+            await self._settle()  # a document on its way to the store is read back from it
             cache.load(await self._store.get_many(projection.collection, missing), missing)
         fold, until, traced = projection.fold, self._until, self._traced
         entries = cache.entries
@@ -228,14 +259,20 @@ class ProjectionRunner:
 
     async def _flush(self) -> None:
         """Write every kept document that changed since it was last written."""
-        for projection, cache in zip(self._projections, self._caches, strict=True):
-            await self._write(projection, cache, cache.dirty())
+        await self._settle()
+        for i, cache in enumerate(self._caches):
+            await self._write(i, cache.dirty())
 
-    async def _write(
-        self, projection: StreamProjection, cache: _Cache, entries: list[tuple[str, _Entry]]
-    ) -> None:
+    def _write(self, i: int, entries: list[tuple[str, _Entry]]) -> Awaitable[None]:
+        """Write documents; they count as in the store (for `empty`) from this call on."""
+        if self._written is not None:
+            self._written[i].update(key for key, _ in entries)
+        return self._put(i, entries)
+
+    async def _put(self, i: int, entries: list[tuple[str, _Entry]]) -> None:
         if not entries:
             return
+        projection, cache = self._projections[i], self._caches[i]
         writes = [entry.write(key) for key, entry in entries]
         applied = await self._store.put_many(projection.collection, writes)
         for _, entry in entries:

@@ -52,12 +52,19 @@ async def fold_log(
     until: datetime | None,
     progress: Callable[[int], None] | None,
 ) -> int:
-    """Fold the whole log into `reads` in this process; the last position applied.
+    """Fold the whole log into `reads`, which is empty, in this process; the last position applied.
 
     The runner, and the documents it keeps, are gone when this returns.
     """
     runner = ProjectionRunner(
-        REPLAY, source, reads, projections, batch=PAGE, until=until, flush_each_page=False
+        REPLAY,
+        source,
+        reads,
+        projections,
+        batch=PAGE,
+        until=until,
+        flush_each_page=False,
+        empty=True,
     )
     with cycle_collection_paused():
         return await runner.catch_up(progress)
