@@ -3,6 +3,7 @@ identical to the ones the platform kept live, whether replayed in one process or
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import pytest
 from conftest import secure_channel
 from e2e_kit import REFUSED, accept, build, camera, expect, into_use, register, review, system, use
 from psvis.audit import replay
+from psvis.cli import main as cli_main
 from psvis.clock import RandomIds, SystemClock
 from psvis.eventstore.sqlite import SqliteEventStore
 from psvis.projection import ProjectionRunner
@@ -24,7 +26,9 @@ from psvis_registry.projections import COLLECTIONS, PROJECTIONS
 
 
 @pytest.mark.parametrize("backend", ["embedded"])
-async def test_inv4_replayed_registry_read_models_equal_the_live_ones(settings: Settings) -> None:
+async def test_inv4_replayed_registry_read_models_equal_the_live_ones(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     platform = await start_platform(settings)
     channel = secure_channel(f"localhost:{platform.port}", settings.pki_dir, "dev-unit")
     try:
@@ -74,3 +78,20 @@ async def test_inv4_replayed_registry_read_models_equal_the_live_ones(settings: 
         assert cli.returncode == 0, cli.stderr
         out = json.loads(cli.stdout)
         assert (out["digest"], out["position"]) == (live_digest, size - 1), workers
+
+    monkeypatch.setattr(cli_main, "SHOWN", 4)
+    replay_cli = ["audit", "replay", "--data-dir", str(settings.data_dir)]
+    for extra, listed in (([], 4), (["--all"], 7)):
+        capsys.readouterr()
+        assert await asyncio.to_thread(cli_main.main, [*replay_cli, *extra]) == 0
+        human = capsys.readouterr().err
+        assert f"replayed to offset {size - 1}; digest {live_digest}" in human
+        assert "registry.systems: 7" in human
+        assert (
+            human.count(": planned ")
+            + human.count(": in_use ")
+            + human.count(": rectification ")
+            + human.count("nothing registered; 1 refusal(s) recorded")
+            == listed
+        ), human
+        assert ("… and 3 more" in human) == (listed == 4), human

@@ -183,6 +183,9 @@ def _positive_int(text: str) -> int:
     return value
 
 
+SHOWN = 20  # documents listed per collection by `audit replay` without --all
+
+
 def cmd_audit_replay(args: argparse.Namespace) -> int:
     from psvis.audit import replay
     from psvis.stores import open_stores
@@ -202,7 +205,17 @@ def cmd_audit_replay(args: argparse.Namespace) -> int:
                 result = await replay(stores.events, projections, collections, until=until,
                                       into=args.into or ":memory:", progress=lambda n: bar.advance(task, n),
                                       workers=args.workers)  # fmt: skip
-            models = {c: dict(await result.reads.list(c)) for c in collections}
+            models: dict[str, object] = {}
+            for c in collections:
+                if args.json:
+                    models[c] = dict(await result.reads.list(c))
+                else:  # a count, and the first documents: a city's registry is long
+                    stored = await result.reads.list_json(c)
+                    shown = args.all or len(stored) <= SHOWN
+                    models[c] = (
+                        len(stored),
+                        [(k, json.loads(d)) for k, d in stored[: None if shown else SHOWN]],
+                    )
             await result.db.close()
             return {
                 "until": args.until or "",
@@ -220,15 +233,20 @@ def cmd_audit_replay(args: argparse.Namespace) -> int:
     console.print(
         f"replayed to offset {out['position']}{' (until ' + args.until + ')' if args.until else ''}; digest {out['digest']}"
     )
-    for coll, docs in out["read_models"].items():  # type: ignore[attr-defined]
-        console.print(f"[bold]{coll}[/]: {len(docs)}")
-        for key, doc in docs.items():
+    for coll, (count, docs) in out["read_models"].items():  # type: ignore[attr-defined]
+        console.print(f"[bold]{coll}[/]: {count}")
+        for key, doc in docs:
             view = doc.get("view", doc)
             if view:
                 line = f"{view.get('state', '')} {view.get('name', '')} v{view.get('version', '')}"
             else:  # e.g. a refused registration: the refusal is recorded, nothing exists
                 line = f"nothing registered; {len(doc.get('refusals', []))} refusal(s) recorded"
-            console.print(f"  {key}: {line}")
+            console.print(f"  {key}: {line}", markup=False, highlight=False)
+        if count > len(docs):
+            console.print(
+                f"  … and {count - len(docs):,} more (--all lists them; --json prints the documents;"
+                " --into FILE keeps them)"
+            )
     return 0
 
 
@@ -299,6 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
         " (default: one per core from 200,000 events, else 1)",
     )
     rep.add_argument("--json", action="store_true", help="print the rebuilt read models as JSON")
+    rep.add_argument(
+        "--all", action="store_true", help=f"list every document, not the first {SHOWN}"
+    )
     rep.set_defaults(run=cmd_audit_replay)
 
     asyncapi = sub.add_parser(
