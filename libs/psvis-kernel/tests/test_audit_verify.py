@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
-from concurrent.futures import Executor, Future
-from concurrent.futures.process import BrokenProcessPool
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 import pytest
@@ -30,8 +32,8 @@ def ledger_worker(
     in_worker = request.param.endswith("worker")
     monkeypatch.setattr(audit, "LEDGER_WORKER_FROM", 1 if in_worker else 10**12)
     yield in_worker
-    if request.node.name.find("cannot_run") < 0:
-        assert "ledger worker could not run" not in caplog.text  # it ran, where asked to
+    if request.node.name.find("no_answer") < 0:
+        assert "ledger worker gave no answer" not in caplog.text  # it ran, where asked to
 
 
 async def verify(log: Log, signer: Signer | None = None) -> dict:
@@ -205,24 +207,47 @@ async def test_aud1_a_bad_ledger_is_named_before_a_changed_event(tmp_path: Path)
     assert report["checkpoints_checked"] == 2 and report["events_checked"] == 0
 
 
-async def test_aud2_a_worker_that_cannot_run_leaves_the_check_to_this_process(
+async def test_aud2_a_worker_that_gives_no_answer_leaves_the_check_to_this_process(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    class Broken(Executor):
-        def __init__(self, *args: object, **kwargs: object) -> None:
-            pass
-
-        def submit(self, *args: object, **kwargs: object) -> Future[object]:
-            failed: Future[object] = Future()
-            failed.set_exception(BrokenProcessPool("worker died"))
-            return failed
+    def dying(job: object) -> tuple[BaseProcess, Connection]:
+        ctx = multiprocessing.get_context("spawn")
+        receive, send = ctx.Pipe(duplex=False)
+        process = ctx.Process(target=os._exit, args=(3,))  # dies before it answers
+        process.start()
+        send.close()
+        return process, receive
 
     log = await build_log(tmp_path)
-    monkeypatch.setattr(audit, "ProcessPoolExecutor", Broken)
+    monkeypatch.setattr(audit, "_start_ledger_worker", dying)
     report = await verify_store(log.store, log.checkpoints, [log.signer.public], ledger_worker=True)
     assert report.ok and report.checkpoints_checked == 4 and report.notarised_size == 30
-    assert "ledger worker could not run (worker died)" in caplog.text
+    assert "the ledger worker gave no answer (exit code 3)" in caplog.text
     stranger = Signer.load_or_create(tmp_path / "other" / "k.key")
     report = await verify_store(log.store, log.checkpoints, [stranger.public], ledger_worker=True)
     assert not report.ok and report.failure is not None
     assert report.failure.check == "checkpoint-key"
+
+
+async def test_aud2_a_verify_that_fails_leaves_no_worker_behind(tmp_path: Path) -> None:
+    log = await build_log(tmp_path)
+
+    class Failing:
+        log_id = log.store.log_id
+
+        async def read_page_bytes(self, after: int, limit: int) -> list[tuple[int, bytes]]:
+            raise OSError("disk gone")
+
+    with pytest.raises(OSError, match="disk gone"):
+        await verify_store(Failing(), log.checkpoints, [log.signer.public], ledger_worker=True)  # type: ignore[arg-type]
+    assert multiprocessing.active_children() == []
+
+
+async def test_aud1_an_unreadable_checkpoint_is_a_failure_not_a_crash(tmp_path: Path) -> None:
+    log = await build_log(tmp_path)
+    tamper(tmp_path, ("UPDATE checkpoints SET signed = x'ffff' WHERE tree_size = 16", ()))
+    report = await verify(log)
+    assert not report["ok"]
+    assert report["failure"]["offset"] == 8
+    assert report["failure"]["check"] == "checkpoint-decode"
+    assert report["checkpoints_checked"] == 1

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -222,6 +224,16 @@ def test_canonical_json_decodes_to_the_same_value_and_is_stable(value: Any) -> N
             encoded
             == json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
         )
+
+
+def test_canonical_json_of_what_orjson_and_json_disagree_on_is_json_s() -> None:
+    awkward = {"nan": math.nan, "inf": [math.inf, -math.inf], "none": None, "big": 2**64}
+    assert (
+        canonical_json(awkward)
+        == json.dumps(awkward, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    )
+    with pytest.raises(TypeError, match="datetime"):
+        canonical_json({"at": datetime(2024, 1, 1, tzinfo=UTC)})
 
 
 def _has_small_float(value: Any) -> bool:

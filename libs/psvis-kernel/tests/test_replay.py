@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 from collections.abc import Sequence
 from datetime import timedelta
@@ -278,3 +279,41 @@ async def test_a_worker_that_fails_fails_the_replay_and_leaves_no_documents(
     reads = SqliteReadStore(SqliteDatabase(into))
     assert await reads.list("notes") == []
     assert not list(tmp_path.glob("psvis-replay-*"))
+
+
+@pytest.mark.parametrize("workers", [0, 9])
+async def test_a_replay_asked_for_too_few_or_too_many_workers_refuses_before_it_starts(
+    tmp_path: Path, workers: int
+) -> None:
+    log = await build_log(tmp_path, events=5)
+    with pytest.raises(ValueError, match="1 to 8 workers"):
+        await replay(log.store, PROJECTIONS, ["notes"], workers=workers, into=tmp_path / "r.db")
+    assert await SqliteReadStore(SqliteDatabase(tmp_path / "r.db")).list("notes") == []
+
+
+async def test_a_failed_batch_leaves_no_write_behind_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A document write still under way when a later fold fails is settled, not left to fail
+    unseen (or to surface in some later batch)."""
+    log = await build_log(tmp_path, events=12, streams=3)
+
+    class Unwritable(SqliteReadStore):
+        async def put_many(self, collection: str, writes: Sequence[Write]) -> int:
+            await asyncio.sleep(0.01)
+            raise OSError("disk full")
+
+    def fails(doc: dict[str, Any] | None, event: Message, env: pb.EventEnvelope) -> Document:
+        raise RuntimeError("fold crashed")
+
+    projections = [*PROJECTIONS, StreamProjection("s-", "crashing", fails)]
+    # empty: the crashing projection reads nothing back, so its fold fails while the first
+    # projection's documents are still being written
+    runner = ProjectionRunner("p", log.store, Unwritable(log.db), projections, keep=0, empty=True)
+    events = await log.store.read_page(-1, 100)
+    with pytest.raises(RuntimeError, match="fold crashed"):
+        await runner.apply_batch(events)
+    await asyncio.sleep(0.05)  # the write has failed by now
+    del runner
+    gc.collect()  # a task whose failure no one saw says so as it goes
+    assert "never retrieved" not in caplog.text

@@ -7,10 +7,10 @@ import contextlib
 import logging
 import multiprocessing
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from datetime import datetime
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -20,7 +20,7 @@ from psvis.eventstore.port import EventStore
 from psvis.projection import StreamProjection
 from psvis.readstore.port import ReadStore, canonical_digest
 from psvis.readstore.sqlite import SqliteReadStore
-from psvis.replaying import REPLAY, default_workers, fold_log, fold_log_in_parts
+from psvis.replaying import MAX_WORKERS, REPLAY, default_workers, fold_log, fold_log_in_parts
 from psvis.signing import key_id
 from psvis.sqlite_db import SqliteDatabase
 from psvis.verify import LedgerCheck, LogVerifier, VerifyReport, _Stop
@@ -73,27 +73,71 @@ class _Ledger:
 
 @contextlib.asynccontextmanager
 async def _ledger_checked(verifier: LogVerifier, in_worker: bool) -> AsyncIterator[_Ledger]:
-    """check_ledger, running in a worker process or done already."""
+    """check_ledger, running in a worker process or done already.
+
+    The worker is stopped when the context is left early (a failed read, Ctrl-C): it would
+    otherwise go on hashing the whole ledger, and the process could not exit until it had.
+    """
+    loop = asyncio.get_running_loop()
     if not in_worker:
-        done = asyncio.get_running_loop().create_future()
+        done = loop.create_future()
         done.set_result(verifier.ledger_check())
         yield _Ledger(done)
         return
-    # spawn: this process has threads (the database's), which fork would copy half-way
-    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+    process, receive = _start_ledger_worker(verifier.ledger_job())
+    answer: asyncio.Future[LedgerCheck] = loop.create_future()
+
+    def readable() -> None:
+        loop.remove_reader(receive.fileno())
+        try:
+            answer.set_result(receive.recv())
+        except (EOFError, OSError):  # it ended without a word
+            process.join()
+            answer.set_exception(_LedgerWorkerGone(f"exit code {process.exitcode}"))
+
+    loop.add_reader(receive.fileno(), readable)
+    found = asyncio.ensure_future(_or_here(answer, verifier))
     try:
-        found = asyncio.get_running_loop().run_in_executor(pool, verifier.ledger_job())
-        yield _Ledger(asyncio.ensure_future(_or_here(found, verifier)))
+        yield _Ledger(found)
     finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+        found.cancel()
+        loop.remove_reader(receive.fileno())
+        if process.is_alive():
+            process.terminate()
+        process.join()
+        receive.close()
+
+
+class _LedgerWorkerGone(Exception):
+    pass
+
+
+def _start_ledger_worker(job: Callable[[], LedgerCheck]) -> tuple[BaseProcess, Connection]:
+    # spawn: this process has threads (the database's), which fork would copy half-way
+    ctx = multiprocessing.get_context("spawn")
+    receive, send = ctx.Pipe(duplex=False)
+    process = ctx.Process(
+        target=_ledger_work, args=(job, send), name="psvis-verify-ledger", daemon=True
+    )
+    process.start()
+    send.close()
+    return process, receive
+
+
+def _ledger_work(job: Callable[[], LedgerCheck], send: Connection) -> None:
+    """The worker process: send what check_ledger finds."""
+    try:
+        send.send(job())
+    finally:
+        send.close()
 
 
 async def _or_here(found: Awaitable[LedgerCheck], verifier: LogVerifier) -> LedgerCheck:
-    """The worker's answer; if the worker could not run, the check done here."""
+    """The worker's answer; if the worker could not give one, the check done here."""
     try:
         return await found
-    except BrokenProcessPool as e:
-        log.warning("the ledger worker could not run (%s): checking the ledger here", e)
+    except _LedgerWorkerGone as e:
+        log.warning("the ledger worker gave no answer (%s): checking the ledger here", e)
         return verifier.ledger_check()
 
 
@@ -167,6 +211,8 @@ async def replay(
     last = await source.log_size() - 1
     if workers is None:
         workers = default_workers(last + 1)
+    if not 1 <= workers <= MAX_WORKERS:
+        raise ValueError(f"a replay runs on 1 to {MAX_WORKERS} workers, not {workers}")
     if log_path is not None and workers > 1 and last >= 0:
         position = await fold_log_in_parts(
             log_path, last, projections, db, workers=workers, until=until, progress=progress

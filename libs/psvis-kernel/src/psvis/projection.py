@@ -104,29 +104,33 @@ class ProjectionRunner:
         `progress` is told the size of each page once it is folded.
         """
         async with self._lock:
-            if self.position == -2:
-                self.position = await self._store.get_position(self.name)
-            folded = self.position
-            events = await self._log.read_page(folded, self._batch)
-            while events:
-                # the next page is read (on the database thread) while this one is folded
-                upcoming = asyncio.ensure_future(
-                    self._log.read_page(events[-1].position, self._batch)
-                )
-                try:
-                    await self._fold_batch(events)
-                    folded = events[-1].position
-                    if self._flush_each_page:
-                        await self._commit(folded)
-                except BaseException:
-                    upcoming.cancel()
-                    self._abandon_writing()
-                    raise
-                if progress is not None:
-                    progress(len(events))
-                events = await upcoming
-            await self._commit(folded)
-            return self.position
+            try:
+                return await self._catch_up(progress)
+            except BaseException:
+                self._abandon_writing()
+                raise
+
+    async def _catch_up(self, progress: Callable[[int], None] | None) -> int:
+        if self.position == -2:
+            self.position = await self._store.get_position(self.name)
+        folded = self.position
+        events = await self._log.read_page(folded, self._batch)
+        while events:
+            # the next page is read (on the database thread) while this one is folded
+            upcoming = asyncio.ensure_future(self._log.read_page(events[-1].position, self._batch))
+            try:
+                await self._fold_batch(events)
+                folded = events[-1].position
+                if self._flush_each_page:
+                    await self._commit(folded)
+            except BaseException:
+                upcoming.cancel()
+                raise
+            if progress is not None:
+                progress(len(events))
+            events = await upcoming
+        await self._commit(folded)
+        return self.position
 
     async def _commit(self, folded: int) -> None:
         """Write the changed documents, then move the stored position to `folded`."""
@@ -184,8 +188,12 @@ class ProjectionRunner:
         over (at-least-once delivery is applied once).
         """
         async with self._lock:  # not while catch_up folds the same documents
-            await self._fold_batch(events)
-            await self._flush()
+            try:
+                await self._fold_batch(events)
+                await self._flush()
+            except BaseException:
+                self._abandon_writing()
+                raise
 
     async def _fold_batch(self, events: Sequence[RecordedEvent]) -> None:
         """Fold events into the kept documents; start writing those that leave the cache."""

@@ -32,7 +32,7 @@ from psvis.envelope import RecordedEvent
 from psvis.projection import PagedLog, ProjectionRunner, StreamProjection
 from psvis.readstore.port import ReadStore
 from psvis.readstore.sqlite import SqliteReadStore
-from psvis.sqlite_db import SqliteDatabase
+from psvis.sqlite_db import SqliteDatabase, in_transaction
 
 PAGE = 5000
 REPLAY = "replay"  # the name a replay's position is kept under in its read store
@@ -42,7 +42,8 @@ MAX_WORKERS = 8
 
 
 def default_workers(events: int) -> int:
-    return 1 if events < WORKERS_FROM else min(os.cpu_count() or 1, MAX_WORKERS)
+    """One per core this process may run on, from WORKERS_FROM events on."""
+    return 1 if events < WORKERS_FROM else min(len(os.sched_getaffinity(0)), MAX_WORKERS)
 
 
 async def fold_log(
@@ -254,20 +255,23 @@ class SharedLog:
 
 
 def _merge(conn: sqlite3.Connection, parts: Sequence[str]) -> None:
-    """Copy every worker's documents into `conn`'s read store, in one transaction."""
-    for k, path in enumerate(parts):
-        conn.execute(f"ATTACH DATABASE ? AS part{k}", (path,))
+    """Copy every worker's documents into `conn`'s read store, in one transaction.
+
+    SQLite attaches at most 10 databases to a connection: MAX_WORKERS stays below that.
+    """
+    attached = []
     try:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for k in range(len(parts)):
-                conn.execute(f"INSERT INTO read_models SELECT * FROM part{k}.read_models")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+        for k, path in enumerate(parts):
+            conn.execute(f"ATTACH DATABASE ? AS part{k}", (path,))
+            attached.append(k)
+
+        def copy(c: sqlite3.Connection) -> None:
+            for k in attached:
+                c.execute(f"INSERT INTO read_models SELECT * FROM part{k}.read_models")
+
+        in_transaction(conn, copy)
     finally:
-        for k in range(len(parts)):
+        for k in attached:
             conn.execute(f"DETACH DATABASE part{k}")
 
 

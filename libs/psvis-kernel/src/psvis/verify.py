@@ -73,8 +73,13 @@ def check_ledger(
         return LedgerCheck(checked, previous, Failure(previous, check, detail))
 
     for record in checkpoints:
-        signed = pb.SignedCheckpoint.FromString(record.signed)
-        cp = pb.Checkpoint.FromString(signed.checkpoint)
+        try:
+            signed = pb.SignedCheckpoint.FromString(record.signed)
+            cp = pb.Checkpoint.FromString(signed.checkpoint)
+        except DecodeError as e:
+            return failed(
+                "checkpoint-decode", f"checkpoint {record.tree_size}: not a signed checkpoint: {e}"
+            )
         key = publics.get(cp.key_id)
         if key is None:
             return failed(

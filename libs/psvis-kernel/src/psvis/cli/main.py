@@ -173,13 +173,15 @@ def _parse_time(text: str) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def _positive_int(text: str) -> int:
+def _workers(text: str) -> int:
+    from psvis.replaying import MAX_WORKERS
+
     try:
         value = int(text)
     except ValueError:
         value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 1 or more")
+    if not 1 <= value <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 1 to {MAX_WORKERS}")
     return value
 
 
@@ -312,8 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rep.add_argument(
         "--workers",
-        type=_positive_int,
-        help="processes that fold the embedded log, each a share of the streams"
+        type=_workers,
+        help="processes that fold the embedded log, each a share of the streams, 1 to 8"
         " (default: one per core from 200,000 events, else 1)",
     )
     rep.add_argument("--json", action="store_true", help="print the rebuilt read models as JSON")

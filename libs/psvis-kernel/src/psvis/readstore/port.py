@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -63,14 +64,43 @@ class ReadStore(Protocol):
 def canonical_json(value: Any) -> bytes:
     """Sorted keys, no spaces, UTF-8: what the digest hashes.
 
-    Written by orjson, ten times faster than the json module on read-model documents. Its
+    Written by orjson, ten times faster than the json module on read-model documents; its
     numbers differ from json.dumps only in the spelling of some small floats (1e-7, not 1e-07),
-    the same value either way. Integers beyond 64 bits, which orjson refuses, go through json.
+    the same value either way. What orjson would write differently from json, or refuses, goes
+    through json as before: integers beyond 64 bits, NaN and infinities (json's NaN, where
+    orjson writes null), and values that are not JSON (datetimes, dataclasses: json refuses
+    them; subclasses of str, int, dict and list). UUIDs and enums, which json refuses too, orjson
+    writes as their value.
     """
     try:
-        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+        encoded = orjson.dumps(value, default=_not_plain_json, option=_ORJSON_OPTIONS)
     except orjson.JSONEncodeError:
         return _CANONICAL.encode(value).encode()
+    if b"null" in encoded and _has_non_finite(value):
+        return _CANONICAL.encode(value).encode()
+    return encoded
+
+
+_ORJSON_OPTIONS = (
+    orjson.OPT_SORT_KEYS
+    | orjson.OPT_PASSTHROUGH_DATETIME
+    | orjson.OPT_PASSTHROUGH_DATACLASS
+    | orjson.OPT_PASSTHROUGH_SUBCLASS
+)
+
+
+def _not_plain_json(value: Any) -> Any:
+    raise TypeError  # orjson then raises JSONEncodeError, and json has its say
+
+
+def _has_non_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        value = value.values()
+    elif not isinstance(value, list | tuple):
+        return False
+    return any(_has_non_finite(v) for v in value)
 
 
 def canonical_text(value: Any) -> str:
