@@ -210,13 +210,13 @@ async def test_aud1_a_bad_ledger_is_named_before_a_changed_event(tmp_path: Path)
 async def test_aud2_a_worker_that_gives_no_answer_leaves_the_check_to_this_process(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    def dying(job: object) -> tuple[BaseProcess, Connection]:
+    def dying() -> tuple[BaseProcess, Connection]:
         ctx = multiprocessing.get_context("spawn")
-        receive, send = ctx.Pipe(duplex=False)
+        conn, child_end = ctx.Pipe()
         process = ctx.Process(target=os._exit, args=(3,))  # dies before it answers
         process.start()
-        send.close()
-        return process, receive
+        child_end.close()
+        return process, conn
 
     log = await build_log(tmp_path)
     monkeypatch.setattr(audit, "_start_ledger_worker", dying)

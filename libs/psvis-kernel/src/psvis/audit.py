@@ -23,7 +23,7 @@ from psvis.readstore.sqlite import SqliteReadStore
 from psvis.replaying import MAX_WORKERS, REPLAY, default_workers, fold_log, fold_log_in_parts
 from psvis.signing import key_id
 from psvis.sqlite_db import SqliteDatabase
-from psvis.verify import LedgerCheck, LogVerifier, VerifyReport, _Stop
+from psvis.verify import LedgerCheck, LogVerifier, VerifyReport, _Stop, serve_ledger_check
 
 PAGE = 5000
 log = logging.getLogger(__name__)
@@ -84,52 +84,55 @@ async def _ledger_checked(verifier: LogVerifier, in_worker: bool) -> AsyncIterat
         done.set_result(verifier.ledger_check())
         yield _Ledger(done)
         return
-    process, receive = _start_ledger_worker(verifier.ledger_job())
+    process, conn = _start_ledger_worker()
+    # the ledger (32 bytes an event) goes over from a thread while this one checks events
+    sending = loop.run_in_executor(None, conn.send, verifier.ledger_job())
+    sending.add_done_callback(_seen)  # a worker stopped early makes it fail: nothing to report
     answer: asyncio.Future[LedgerCheck] = loop.create_future()
 
     def readable() -> None:
-        loop.remove_reader(receive.fileno())
+        loop.remove_reader(conn.fileno())
         try:
-            answer.set_result(receive.recv())
+            answer.set_result(conn.recv())
         except (EOFError, OSError):  # it ended without a word
             process.join()
             answer.set_exception(_LedgerWorkerGone(f"exit code {process.exitcode}"))
 
-    loop.add_reader(receive.fileno(), readable)
+    loop.add_reader(conn.fileno(), readable)
     found = asyncio.ensure_future(_or_here(answer, verifier))
     try:
         yield _Ledger(found)
     finally:
         found.cancel()
-        loop.remove_reader(receive.fileno())
+        loop.remove_reader(conn.fileno())
         if process.is_alive():
             process.terminate()
         process.join()
-        receive.close()
+        with contextlib.suppress(OSError, TimeoutError):  # its fd must outlive the write
+            await asyncio.wait_for(asyncio.shield(sending), 5)
+        conn.close()
 
 
 class _LedgerWorkerGone(Exception):
     pass
 
 
-def _start_ledger_worker(job: Callable[[], LedgerCheck]) -> tuple[BaseProcess, Connection]:
+def _start_ledger_worker() -> tuple[BaseProcess, Connection]:
+    """A process that checks the ledger it is sent (verify.serve_ledger_check)."""
     # spawn: this process has threads (the database's), which fork would copy half-way
     ctx = multiprocessing.get_context("spawn")
-    receive, send = ctx.Pipe(duplex=False)
+    conn, child_end = ctx.Pipe()
     process = ctx.Process(
-        target=_ledger_work, args=(job, send), name="psvis-verify-ledger", daemon=True
+        target=serve_ledger_check, args=(child_end,), name="psvis-verify-ledger", daemon=True
     )
     process.start()
-    send.close()
-    return process, receive
+    child_end.close()
+    return process, conn
 
 
-def _ledger_work(job: Callable[[], LedgerCheck], send: Connection) -> None:
-    """The worker process: send what check_ledger finds."""
-    try:
-        send.send(job())
-    finally:
-        send.close()
+def _seen(done: asyncio.Future[None]) -> None:
+    if not done.cancelled():
+        done.exception()
 
 
 async def _or_here(found: Awaitable[LedgerCheck], verifier: LogVerifier) -> LedgerCheck:
