@@ -204,23 +204,28 @@ async def replay(
     documents, and so the digest, are the same either way. While this process folds, its cyclic
     garbage collector is paused (replaying.cycle_collection_paused).
     """
-    db = SqliteDatabase(into)
-    # the read models are rebuilt from the log at will: a power cut costs a rerun, so commits
-    # need not wait for the disk (with a file, synchronous=NORMAL fsyncs at every checkpoint)
-    db.run_sync(lambda c: c.execute("PRAGMA synchronous=OFF"))
-    reads = SqliteReadStore(db)
-    await reads.drop_all()
-    log_path = getattr(source, "path", None)
-    last = await source.log_size() - 1
-    if workers is None:
-        workers = default_workers(last + 1)
-    if not 1 <= workers <= MAX_WORKERS:
+    if workers is not None and not 1 <= workers <= MAX_WORKERS:
         raise ValueError(f"a replay runs on 1 to {MAX_WORKERS} workers, not {workers}")
-    if log_path is not None and workers > 1 and last >= 0:
-        position = await fold_log_in_parts(
-            log_path, last, projections, db, workers=workers, until=until, progress=progress
-        )
-        await reads.set_position(REPLAY, position)
-    else:
-        position = await fold_log(source, reads, projections, until, progress)
-    return Replay(reads, await canonical_digest(reads, collections), position, db)
+    db = SqliteDatabase(into)
+    try:
+        # the read models are rebuilt from the log at will: a power cut costs a rerun, so commits
+        # need not wait for the disk (with a file, synchronous=NORMAL fsyncs at every checkpoint)
+        db.run_sync(lambda c: c.execute("PRAGMA synchronous=OFF"))
+        reads = SqliteReadStore(db)
+        await reads.drop_all()
+        log_path = getattr(source, "path", None)
+        last = await source.log_size() - 1
+        if workers is None:
+            workers = default_workers(last + 1)
+        if log_path is not None and workers > 1 and last >= 0:
+            position = await fold_log_in_parts(
+                log_path, last, projections, db, workers=workers, until=until, progress=progress
+            )
+            await reads.set_position(REPLAY, position)
+        else:
+            position = await fold_log(source, reads, projections, until, progress)
+        digest = await canonical_digest(reads, collections)
+    except BaseException:
+        await db.close()
+        raise
+    return Replay(reads, digest, position, db)

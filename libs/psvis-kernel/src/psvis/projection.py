@@ -62,9 +62,9 @@ class ProjectionRunner:
     applied again from the stored position and what was written is passed over.
     `until` applies only events recorded at or before it (AUD-3: the read models as they were);
     later ones are passed over, and the position still moves past them.
-    A runner told its store starts `empty` (a replay) reads back only documents it has
-    written, and writes the documents that leave its memory while it folds on (a live runner
-    waits for those writes, so that what it has folded is stored when it says so).
+    Documents that leave memory are written while folding goes on; the runner waits for that
+    write before it reads a document back, writes again or moves its position. A runner told
+    its store starts `empty` (a replay) reads back only documents it has written.
     """
 
     def __init__(
