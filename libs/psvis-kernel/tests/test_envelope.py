@@ -64,7 +64,8 @@ def reference_envelope(event: NewEvent, version: int, prev: bytes, event_id: str
 
 
 def test_a_stream_of_events_with_different_contexts_seals_each_one_exactly() -> None:
-    """Events of one append share their context fields only when they are equal."""
+    """Events of one append share their context fields only when they are equal; no field of
+    one event is left over in the next one's bytes."""
     inspector = Actor("unit-b", (), "inspector")
     traced = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
     events = [
@@ -74,6 +75,10 @@ def test_a_stream_of_events_with_different_contexts_seals_each_one_exactly() -> 
         note("later", AT + timedelta(minutes=1), inspector, correlation_id="k-9"),
         note("traced", AT + timedelta(minutes=1), inspector, trace=traced),
         note("refused", AT, CLERK, refusal=Citation("REG-7", "Wuhan 16(5)", "REG-7", "no")),
+        note("after a refusal", AT, CLERK),
+        note("empty context", datetime(1970, 1, 1, tzinfo=UTC), Actor("")),
+        note("empty refusal", AT, CLERK, refusal=Citation("", "", "", "")),
+        note("back again", AT, CLERK, causation_id="c-2"),
     ]
     ids = [f"ev-{i}" for i in range(len(events))]
     sealed = seal_stream(

@@ -87,9 +87,19 @@ class RecordedEvent:
     def sealed(
         cls, position: int, stream_id: str, version: int, event_id: str, data: bytes, hash_: bytes
     ) -> RecordedEvent:
-        """An event just sealed, whose hash (event_hash(data)) the sealer has computed already."""
-        event = cls(position, stream_id, version, event_id, data)
-        event.__dict__["hash"] = hash_  # where cached_property keeps it
+        """An event just sealed, whose hash (event_hash(data)) the sealer has computed already.
+
+        Built as from_row builds its events; the hash goes where cached_property keeps it.
+        """
+        event = _new(cls)
+        event.__dict__.update(
+            position=position,
+            stream_id=stream_id,
+            version=version,
+            event_id=event_id,
+            data=data,
+            hash=hash_,
+        )
         return event
 
     @property
@@ -128,61 +138,40 @@ def seal(
     recorded_at: datetime,
 ) -> bytes:
     """Serialise an event into the bytes the log keeps; deterministic for one input."""
-    return _seal(
-        event, event_id, stream_id, version, prev_hash, timestamp(recorded_at), _context(event)
+    [record] = seal_stream(
+        [event],
+        [event_id],
+        stream_id=stream_id,
+        head_version=version - 1,
+        head_hash=prev_hash,
+        recorded_at=recorded_at,
     )
+    return record.data
 
 
-# occurred_at, actor and trace of an event as envelope fields: built once for the events of
-# one command, which share them
-_Context = tuple[Timestamp, pb.Actor, pb.TraceContext]
+def _set_time(stamp: Timestamp, moment: datetime) -> None:
+    """Set a Timestamp field in place to what timestamp(moment) returns."""
+    since = (moment if moment.tzinfo else moment.replace(tzinfo=UTC)) - _EPOCH
+    stamp.seconds = since.days * 86_400 + since.seconds
+    stamp.nanos = since.microseconds * 1000
+    stamp.SetInParent()  # present even when it is the epoch
 
 
-def _context(event: NewEvent) -> _Context:
-    actor, trace = event.actor, event.trace
-    return (
-        timestamp(event.occurred_at),
-        pb.Actor(agency=actor.agency, officers=actor.officers, role=actor.role),
-        pb.TraceContext(
-            traceparent=trace.get("traceparent", ""), tracestate=trace.get("tracestate", "")
-        ),
-    )
+def _set_context(env: pb.EventEnvelope, event: NewEvent) -> None:
+    """occurred_at, actor and trace: the fields the events of one command usually share."""
+    _set_time(env.occurred_at, event.occurred_at)
+    actor, trace = env.actor, env.trace
+    actor.agency, actor.role = event.actor.agency, event.actor.role
+    del actor.officers[:]
+    actor.officers.extend(event.actor.officers)
+    actor.SetInParent()
+    trace.traceparent = event.trace.get("traceparent", "")
+    trace.tracestate = event.trace.get("tracestate", "")
+    trace.SetInParent()
 
 
 def _same_context(a: NewEvent, b: NewEvent) -> bool:
     return a.occurred_at == b.occurred_at and a.actor == b.actor and a.trace == b.trace
-
-
-def _seal(
-    event: NewEvent,
-    event_id: str,
-    stream_id: str,
-    version: int,
-    prev_hash: bytes,
-    recorded_at: Timestamp,
-    context: _Context,
-) -> bytes:
-    occurred_at, actor, trace = context
-    env = pb.EventEnvelope(
-        event_id=event_id,
-        stream_id=stream_id,
-        stream_version=version,
-        type=event.type,
-        occurred_at=occurred_at,
-        recorded_at=recorded_at,
-        actor=actor,
-        causation_id=event.causation_id,
-        correlation_id=event.correlation_id,
-        trace=trace,
-        payload=event.payload.SerializeToString(deterministic=True),
-        prev_hash=prev_hash,
-    )
-    if event.refusal is not None:
-        r = event.refusal
-        env.refusal.CopyFrom(
-            pb.Citation(rule=r.rule, article=r.article, spec=r.spec, reason=r.reason)
-        )
-    return env.SerializeToString(deterministic=True)
 
 
 def citation_of(env: pb.EventEnvelope) -> Citation | None:
@@ -205,16 +194,32 @@ def seal_stream(
     """Seal events that follow a stream head, each linked to the one before it.
 
     Positions count up from first_position; -1 leaves them to the log (Kafka assigns them).
+    One envelope message is filled in and serialised once per event: every field an event
+    has of its own is set for each event, and the context fields (_set_context) again
+    whenever they change. Setting fields costs a fraction of building the message anew.
     """
     out: list[RecordedEvent] = []
     prev, version, position = head_hash, head_version, first_position
-    recorded = timestamp(recorded_at)
-    shared: tuple[NewEvent, _Context] | None = None  # the context, and the event it came from
+    env = pb.EventEnvelope(stream_id=stream_id)
+    _set_time(env.recorded_at, recorded_at)
+    context_of: NewEvent | None = None  # the event whose context env holds
     for event, event_id in zip(events, event_ids, strict=True):
-        if shared is None or not _same_context(event, shared[0]):
-            shared = (event, _context(event))
+        if context_of is None or not _same_context(event, context_of):
+            _set_context(env, event)
+            context_of = event
         version += 1
-        data = _seal(event, event_id, stream_id, version, prev, recorded, shared[1])
+        env.event_id, env.stream_version, env.type = event_id, version, event.type
+        env.causation_id, env.correlation_id = event.causation_id, event.correlation_id
+        env.payload = event.payload.SerializeToString(deterministic=True)
+        env.prev_hash = prev
+        if event.refusal is None:
+            env.ClearField("refusal")
+        else:
+            r = event.refusal
+            env.refusal.rule, env.refusal.article = r.rule, r.article
+            env.refusal.spec, env.refusal.reason = r.spec, r.reason
+            env.refusal.SetInParent()
+        data = env.SerializeToString(deterministic=True)
         prev = event_hash(data)
         out.append(RecordedEvent.sealed(position, stream_id, version, event_id, data, prev))
         if first_position >= 0:
