@@ -186,3 +186,9 @@ async def test_reg3_removed_system_no_longer_serves_the_site(clients):
     await clients.unit.RemoveSystem(reg.RemoveSystemRequest(system_id=sid, removal=reg.SystemRemoved(
         removed_on="2024-04-01", reason="planning change", rebuild_plan_ref="PLAN-9")))  # fmt: skip
     assert [f.status for f in await findings(clients.police, "2024-05-01", "REG-3")] == ["open"]
+    # as of a day before the removal, the system still served the site
+    assert [
+        f for f in await findings(clients.police, "2024-03-31", "REG-3") if f.status == "open"
+    ] == []
+    (since_removal,) = await findings(clients.police, "2024-04-01", "REG-3")
+    assert (since_removal.status, since_removal.since) == ("open", "2024-01-01")  # declared on

@@ -79,6 +79,22 @@ async def test_reg7_missing_archive_kinds_are_a_finding_for_in_use_system(client
     assert await findings(clients.police, "2024-04-01", "REG-7", f"system-{sid}") == []
 
 
+async def test_reg7_a_removed_system_keeps_its_findings_as_of_days_before_the_removal(clients):
+    sid = await in_use_system(clients.unit)
+    await clients.unit.RemoveSystem(reg.RemoveSystemRequest(system_id=sid, removal=reg.SystemRemoved(
+        removed_on="2024-06-30", reported_on="2024-06-15", reason="urban works")))  # fmt: skip
+    (f,) = of(await findings(clients.police, "2024-06-29", "REG-7", f"system-{sid}"), "archives")
+    assert (f.status, f.since) == ("open", "2024-02-01")
+    assert await findings(clients.police, "2024-06-30", "REG-7", f"system-{sid}") == []
+
+
+async def test_reg6_a_removal_needs_a_date(clients):
+    sid = await in_use_system(clients.unit)
+    await expect(clients.unit.RemoveSystem(reg.RemoveSystemRequest(system_id=sid, removal=reg.SystemRemoved(
+        removed_on="June", reported_on="2024-06-15", reason="urban works"))), INVALID, "removal.date")  # fmt: skip
+    assert (await clients.unit.GetSystem(reg.GetSystemRequest(system_id=sid))).state == "in_use"
+
+
 async def test_reg7_archives_are_kept_by_sha256(clients):
     sid = await register(clients.unit)
     digest = sha("design drawings v3")

@@ -66,6 +66,7 @@ def reference_fold(doc: Document | None, event: Message, env: pb.EventEnvelope) 
             doc["relocations"].append(MessageToDict(event, preserving_proto_field_name=True))
         case reg.SystemRemoved():
             view.state = domain.REMOVED
+            doc["removed_on"] = event.removed_on
         case reg.ArchiveAttached():
             view.archives.append(event)
         case reg.SignageInstalled():

@@ -80,17 +80,36 @@ def relocation_findings(doc: Document, pack: RulePack, as_of: date) -> Iterator[
         )
 
 
+def removed_by(doc: Document, view: reg.SystemView, as_of: date) -> bool:
+    """Whether the system had been removed on as_of (one removed on an unknown day: yes)."""
+    if view.state != domain.REMOVED:
+        return False
+    removed = _d(doc.get("removed_on", ""))
+    return removed is None or removed <= as_of
+
+
+def in_use_on(doc: Document, view: reg.SystemView, as_of: date) -> bool:
+    """Whether the system was in use on as_of: put into use by then, and not removed yet."""
+    in_use = _d(view.in_use_on)
+    return (
+        view.state in (domain.IN_USE, domain.REMOVED)
+        and in_use is not None
+        and in_use <= as_of
+        and not removed_by(doc, view, as_of)
+    )
+
+
 def system_findings(doc: Document, pack: RulePack, as_of: date) -> Iterator[reg.Finding]:
     view = view_of(doc)
-    if not view.system_id or view.state == domain.REMOVED:
+    if not view.system_id or removed_by(doc, view, as_of):
         return
     subject = f"system-{view.system_id}"
     yield from filing_findings(doc, pack, as_of)
     yield from relocation_findings(doc, pack, as_of)
     yield from inspection_findings(view, pack, subject, as_of)
-    in_use = _d(view.in_use_on)
-    if view.state != domain.IN_USE or in_use is None or in_use > as_of:
+    if not in_use_on(doc, view, as_of):
         return
+    in_use = date.fromisoformat(view.in_use_on)
     archives = pack.rule("archives")  # REG-7
     have = {a.kind for a in view.archives if _d(a.attached_on) and _d(a.attached_on) <= as_of}  # type: ignore[operator]
     missing = [k for k in archives.param("required_kinds", []) if k not in have]
@@ -141,7 +160,7 @@ def site_findings(
     served = set()
     for doc in systems:
         view = view_of(doc)
-        if view.state == domain.IN_USE and _d(view.in_use_on) and _d(view.in_use_on) <= as_of:  # type: ignore[operator]
+        if in_use_on(doc, view, as_of):
             served.add(view.site.site_id)
     for doc in sites:
         site, declared = doc["site"], date.fromisoformat(doc["declared_on"])

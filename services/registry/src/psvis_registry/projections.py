@@ -1,7 +1,7 @@
 """Registry read models: one document per system and per mandatory site (REG-2 catalogue).
 
 A system's document is {"view": <SystemView as proto3 JSON>, "refusals", "relocations",
-"signage", "pre_existing", "built_on"}. The folds edit that JSON in place (the projection
+"signage", "pre_existing", "built_on", "removed_on"}. The folds edit that JSON in place (the projection
 runner hands them a document it owns), so an event costs its own size, not the document's.
 """
 
@@ -140,6 +140,11 @@ def _in_use(doc: Document, view: View, event: Any, env: pb.EventEnvelope) -> Non
     _put(view, "in_use_on", event.in_use_on)
 
 
+def _removed(doc: Document, view: View, event: Any, env: pb.EventEnvelope) -> None:
+    view["state"] = domain.REMOVED
+    doc["removed_on"] = event.removed_on  # findings as of an earlier date still see the system
+
+
 def _changed(doc: Document, view: View, event: Any, env: pb.EventEnvelope) -> None:
     view.setdefault("changes", []).append(json_dict(event))
     field = {"orientation": "orientation_deg", "position": "position"}.get(
@@ -184,7 +189,7 @@ _EDITS: dict[type[Message], Edit] = {
     reg.SystemPutIntoUse: _in_use,
     reg.ChangeFiled: _changed,
     reg.SystemRelocated: _relocated,
-    reg.SystemRemoved: _state(domain.REMOVED),
+    reg.SystemRemoved: _removed,
     reg.ArchiveAttached: _appends("archives"),
     reg.SignageInstalled: _signage,
     reg.MonitoringPersonnelRegistered: _appends("personnel"),

@@ -249,6 +249,7 @@ def relocate(state: SystemState, cmd: reg.SystemRelocated, pack: RulePack) -> De
 
 def remove(state: SystemState, cmd: reg.SystemRemoved, pack: RulePack) -> Decision:
     state.require_not_removed("removal")
+    v.need_date(cmd.removed_on, "removal.date")  # findings as of a date need it, rule or not
     v.required(cmd.reason, "removal.reason")
     rule = pack.rule("removal")
     allowed = [] if rule.silent else rule.param("allowed_reasons", [])
