@@ -192,3 +192,21 @@ async def test_reg3_removed_system_no_longer_serves_the_site(clients):
     ] == []
     (since_removal,) = await findings(clients.police, "2024-04-01", "REG-3")
     assert (since_removal.status, since_removal.since) == ("open", "2024-01-01")  # declared on
+
+
+async def test_reg3_a_system_moved_away_served_the_site_until_its_move(clients):
+    metro = site("site-metro", category="transport")
+    await declare(clients.police, metro)
+    sid = await register(clients.unit, system(site_=metro))
+    await into_use(clients.unit, sid, in_use_on="2024-02-01")
+    await clients.unit.RelocateSystem(reg.RelocateSystemRequest(system_id=sid, relocation=reg.SystemRelocated(
+        new_site=site("site-depot"), relocated_on="2024-04-01", reported_on="2024-03-20",
+        rebuild_plan_ref="PLAN-9")))  # fmt: skip
+    assert (await clients.unit.GetSystem(reg.GetSystemRequest(system_id=sid))).site.site_id == (
+        "site-depot"
+    )
+    assert [
+        f for f in await findings(clients.police, "2024-03-31", "REG-3") if f.status == "open"
+    ] == []
+    (left,) = await findings(clients.police, "2024-04-01", "REG-3")
+    assert (left.subject, left.status) == ("site-site-metro", "open")

@@ -62,8 +62,9 @@ def reference_fold(doc: Document | None, event: Message, env: pb.EventEnvelope) 
                 else:
                     camera.function = event.new_value
         case reg.SystemRelocated():
+            moved = MessageToDict(event, preserving_proto_field_name=True)
+            doc["relocations"].append({**moved, "from_site_id": view.site.site_id})
             view.site.CopyFrom(event.new_site)
-            doc["relocations"].append(MessageToDict(event, preserving_proto_field_name=True))
         case reg.SystemRemoved():
             view.state = domain.REMOVED
             doc["removed_on"] = event.removed_on

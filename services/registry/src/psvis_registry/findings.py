@@ -99,6 +99,14 @@ def in_use_on(doc: Document, view: reg.SystemView, as_of: date) -> bool:
     )
 
 
+def site_on(doc: Document, view: reg.SystemView, as_of: date) -> str:
+    """The site the system stood at on as_of: the one it left by its first later move."""
+    for move in doc.get("relocations", []):
+        if date.fromisoformat(move["relocated_on"]) > as_of:
+            return str(move.get("from_site_id", view.site.site_id))  # older documents lack it
+    return view.site.site_id
+
+
 def system_findings(doc: Document, pack: RulePack, as_of: date) -> Iterator[reg.Finding]:
     view = view_of(doc)
     if not view.system_id or removed_by(doc, view, as_of):
@@ -161,7 +169,7 @@ def site_findings(
     for doc in systems:
         view = view_of(doc)
         if in_use_on(doc, view, as_of):
-            served.add(view.site.site_id)
+            served.add(site_on(doc, view, as_of))
     for doc in sites:
         site, declared = doc["site"], date.fromisoformat(doc["declared_on"])
         if declared > as_of or site["site_id"] in served:

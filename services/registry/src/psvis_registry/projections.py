@@ -166,8 +166,10 @@ def _changed(doc: Document, view: View, event: Any, env: pb.EventEnvelope) -> No
 
 
 def _relocated(doc: Document, view: View, event: Any, env: pb.EventEnvelope) -> None:
+    moved = json_dict(event)
+    moved["from_site_id"] = view.get("site", {}).get("site_id", "")  # for findings as of before
     view["site"] = json_dict(event.new_site)
-    doc["relocations"].append(json_dict(event))
+    doc["relocations"].append(moved)
 
 
 def _classified(doc: Document, view: View, event: Any, env: pb.EventEnvelope) -> None:

@@ -242,6 +242,7 @@ def _move_timing(
 
 def relocate(state: SystemState, cmd: reg.SystemRelocated, pack: RulePack) -> Decision:
     state.require_not_removed("relocation")
+    v.need_date(cmd.relocated_on, "relocation.date")  # findings as of a date need it
     _site(cmd.new_site, "relocation.new_site", pack)
     refusal = _move_timing("relocation", state, cmd.relocated_on, cmd, pack)
     return refusal or Accepted(cmd)
@@ -249,7 +250,7 @@ def relocate(state: SystemState, cmd: reg.SystemRelocated, pack: RulePack) -> De
 
 def remove(state: SystemState, cmd: reg.SystemRemoved, pack: RulePack) -> Decision:
     state.require_not_removed("removal")
-    v.need_date(cmd.removed_on, "removal.date")  # findings as of a date need it, rule or not
+    v.need_date(cmd.removed_on, "removal.date")  # findings as of a date need it
     v.required(cmd.reason, "removal.reason")
     rule = pack.rule("removal")
     allowed = [] if rule.silent else rule.param("allowed_reasons", [])
