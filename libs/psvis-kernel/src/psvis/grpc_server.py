@@ -15,7 +15,7 @@ from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from psvis import errors
+from psvis import errors, validate
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +63,33 @@ def caller_of(context: grpc.aio.ServicerContext) -> Caller:
     return _caller_from_pem(pems[0])
 
 
+@dataclass(frozen=True)
+class Undecodable:
+    """What a request whose bytes are not its message type is parsed into."""
+
+    error: str
+
+
+def _lenient(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """The request parser, answering Undecodable instead of raising (grpc would say UNKNOWN)."""
+    if deserialize is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except Exception as e:  # DecodeError, or bad UTF-8 in a string field
+            return Undecodable(str(e))
+
+    return parse
+
+
 class ErrorMapping(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Domain errors become gRPC status + human message; anything else is logged, never leaked."""
+    """Domain errors become gRPC status + human message; anything else is logged, never leaked.
+
+    Before a servicer sees a request, its bytes must parse as the method's message and every
+    field must be within validate.bounded's limits; otherwise it is INVALID_ARGUMENT.
+    """
 
     async def intercept_service(
         self,
@@ -78,7 +103,13 @@ class ErrorMapping(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         method = details.method
 
         async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            if isinstance(request, Undecodable):
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"the request's bytes are not a {method.rsplit('/', 1)[-1]} request",
+                )
             try:
+                validate.bounded(request)
                 return await inner(request, context)
             except errors.PsvisError as e:
                 await context.abort(status_of(e), str(e))
@@ -90,7 +121,7 @@ class ErrorMapping(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
         return grpc.unary_unary_rpc_method_handler(
             guarded,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=_lenient(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
 

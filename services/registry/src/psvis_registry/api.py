@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import date
 from typing import Any
 
@@ -13,8 +14,9 @@ from psvis.errors import InvalidArgument, NotFound, PermissionDenied
 from psvis.grpc_server import Caller, caller_of
 from psvis.registry.v1 import registry_pb2 as reg
 from psvis.registry.v1 import registry_pb2_grpc as reg_grpc
+from psvis.rulepack import SPEC_ID
 
-from psvis_registry import rules
+from psvis_registry import domain, rules
 from psvis_registry.handlers import POLICE, UNIT, Decide, Registry
 from psvis_registry.projections import view_of
 
@@ -44,11 +46,14 @@ def result(recorded: RecordedEvent) -> reg.CommandResult:
     )
 
 
+PAGE_TOKEN = re.compile(r"[0-9]{1,10}")  # what next_page_token gives: an offset
+
+
 def _page(items: list[str], size: int, token: str) -> tuple[int, int]:
     size = min(size or 100, 1000)
     start = 0
     if token:
-        if not token.isdigit() or int(token) > len(items):
+        if not PAGE_TOKEN.fullmatch(token) or int(token) > len(items):
             raise InvalidArgument("page_token is not one this server issued")
         start = int(token)
     return start, size
@@ -170,7 +175,7 @@ class RegistryApi(reg_grpc.RegistryServiceServicer):
         v.identifier(request.system_id, "system_id")
         doc = await self._r.system_doc(request.system_id)
         if doc is None:
-            raise NotFound(f"no video system {request.system_id!r} is registered")
+            raise NotFound(f"no video system {v.shown(request.system_id)} is registered")
         view = view_of(doc)
         if caller.role == UNIT and view.managing_unit != caller.agency:
             # REG-10: basic information is confidential; only its unit and the police read it
@@ -183,6 +188,8 @@ class RegistryApi(reg_grpc.RegistryServiceServicer):
         self, request: reg.ListSystemsRequest, context: grpc.aio.ServicerContext
     ) -> reg.ListSystemsResponse:
         caller = authorise(context, "ListSystems")
+        if request.state:
+            v.one_of(request.state, domain.STATES, "state")
         views = [view_of(d) for d in await self._r.system_docs()]
         unit = caller.agency if caller.role == UNIT else request.managing_unit
         chosen = [
@@ -247,6 +254,10 @@ class RegistryApi(reg_grpc.RegistryServiceServicer):
     ) -> reg.ListFindingsResponse:
         authorise(context, "ListFindings")
         as_of = v.need_date(request.as_of, "as_of") if request.as_of else date.today()
+        if request.spec and not SPEC_ID.fullmatch(request.spec):
+            raise InvalidArgument(
+                f"spec {v.shown(request.spec)} is not a requirement id like REG-7"
+            )
         found = await self._r.findings(as_of)
         return reg.ListFindingsResponse(
             findings=[f for f in found if not request.spec or f.spec == request.spec]

@@ -8,6 +8,7 @@ from google.protobuf.message import Message
 from psvis.decision import Aggregate, Refused
 from psvis.errors import InvalidArgument, NotFound
 from psvis.registry.v1 import registry_pb2 as reg
+from psvis.validate import shown
 
 # REG-5: planned -> design reviewed -> built -> accepted -> in use -> relocated / removed;
 # a failed acceptance goes through rectification to a new acceptance.
@@ -15,6 +16,9 @@ PLANNED, REVIEWED, REJECTED = "planned", "design_reviewed", "design_rejected"
 BUILT, ACCEPTED, RECTIFICATION, RECTIFIED = "built", "accepted", "rectification", "rectified"
 IN_USE, REMOVED = "in_use", "removed"
 ACCEPTANCE_READY = frozenset({BUILT, RECTIFIED})
+STATES = frozenset(
+    {PLANNED, REVIEWED, REJECTED, BUILT, ACCEPTED, RECTIFICATION, RECTIFIED, IN_USE, REMOVED}
+)
 
 
 @dataclass
@@ -29,7 +33,7 @@ class SystemState:
 
     def require_registered(self) -> None:
         if not self.registered:
-            raise NotFound(f"no video system {self.system_id!r} is registered")
+            raise NotFound(f"no video system {shown(self.system_id)} is registered")
 
     def require_not_removed(self, command: str) -> None:
         self.require_registered()
@@ -38,7 +42,7 @@ class SystemState:
 
     def require_camera(self, camera_id: str) -> None:
         if camera_id not in self.cameras:
-            raise InvalidArgument(f"system {self.system_id} has no camera {camera_id!r}")
+            raise InvalidArgument(f"system {self.system_id} has no camera {shown(camera_id)}")
 
 
 def evolve(state: SystemState, event: Message) -> None:

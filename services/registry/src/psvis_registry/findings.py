@@ -18,6 +18,14 @@ def _d(value: str) -> date | None:
     return date.fromisoformat(value) if value else None
 
 
+def _plus(day: date, days: int) -> date:
+    """day + days, or the last date there is (requests are held to 2199; older logs may not be)."""
+    try:
+        return day + timedelta(days=days)
+    except OverflowError:
+        return date.max
+
+
 def finding(
     rule_id: str, pack: RulePack, subject: str, since: date, status: str, detail: str
 ) -> reg.Finding:
@@ -37,7 +45,7 @@ def filing_findings(doc: Document, pack: RulePack, as_of: date) -> Iterator[reg.
         {"accepted": view.accepted_on, "in_use": view.in_use_on}.get(rule.param("trigger", ""), "")
     )
     if not rule.silent and start is not None and (pack.in_force is None or start >= pack.in_force):
-        due = start + timedelta(days=int(rule.param("within_days", 0)))
+        due = _plus(start, int(rule.param("within_days", 0)))
         yield from _deadline("filing.new_system", pack, subject, due, filed, as_of)
     pre = pack.rule("filing.pre_existing")
     built = _d(doc.get("built_on", ""))
@@ -50,7 +58,7 @@ def filing_findings(doc: Document, pack: RulePack, as_of: date) -> Iterator[reg.
 def _deadline(
     rule_id: str, pack: RulePack, subject: str, due: date, done: date | None, as_of: date
 ) -> Iterator[reg.Finding]:
-    late_since = due + timedelta(days=1)
+    late_since = _plus(due, 1)
     if (done is not None and done <= due) or as_of <= due:
         return
     if done is not None and done <= as_of:
@@ -74,7 +82,7 @@ def relocation_findings(doc: Document, pack: RulePack, as_of: date) -> Iterator[
     subject = f"system-{doc['view']['system_id']}"
     for move in doc.get("relocations", []):
         moved = date.fromisoformat(move["relocated_on"])
-        due = moved + timedelta(days=int(rule.param("days")))
+        due = _plus(moved, int(rule.param("days")))
         yield from _deadline(
             "relocation", pack, subject, due, _d(move.get("reported_on", "")), as_of
         )

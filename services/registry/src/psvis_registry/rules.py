@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 from psvis import validate as v
@@ -36,6 +37,7 @@ ARCHIVE_KINDS = frozenset(
     {"design", "construction", "acceptance", "maintenance", "units_and_technicians"}
 )
 INSPECTION_OUTCOMES = frozenset({"passed", "rectification_ordered", "failed"})
+DEGREES = re.compile(r"[0-9]{1,3}(\.[0-9]{1,6})?")  # a new orientation, as a plain decimal
 
 NEEDS = [
     ParamSpec("filing.new_system", {"trigger": str, "within_days": int, "contents": list}),
@@ -190,13 +192,10 @@ def file_change(state: SystemState, cmd: reg.ChangeFiled, pack: RulePack) -> Dec
     state.require_camera(cmd.camera_id)
     v.one_of(cmd.attribute, CHANGE_ATTRIBUTES, "change.attribute")
     v.required(cmd.new_value, "change.new_value")
-    if cmd.attribute == "orientation":
-        try:
-            degrees = float(cmd.new_value)
-        except ValueError:
-            raise InvalidArgument("change.new_value: an orientation is degrees, 0-360") from None
-        if not 0.0 <= degrees < 360.0:
-            raise InvalidArgument("change.new_value: an orientation is degrees, 0-360")
+    if cmd.attribute == "orientation" and not (
+        DEGREES.fullmatch(cmd.new_value) and float(cmd.new_value) < 360.0
+    ):
+        raise InvalidArgument("change.new_value: an orientation is degrees like 90 or 12.5, 0-360")
     v.need_date(cmd.effective_on, "change.effective_on")
     rule = pack.rule("change_control")  # REG-11: no change without an approved change/filing
     controlled = [] if rule.silent else rule.param("attributes", [])
@@ -320,5 +319,5 @@ def declare_site(cmd: reg.MandatorySiteDeclared, pack: RulePack) -> None:
     v.need_date(cmd.declared_on, "declaration.declared_on")
     if cmd.site.category not in mandatory_categories(pack):
         raise InvalidArgument(
-            f"declaration.site.category {cmd.site.category!r} is not a mandatory category of {pack.name}"
+            f"declaration.site.category {v.shown(cmd.site.category)} is not a mandatory category of {pack.name}"
         )
