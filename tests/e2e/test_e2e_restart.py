@@ -65,3 +65,18 @@ async def test_a_platform_that_fails_to_start_leaves_its_data_folder_usable(
     settings.listen = "127.0.0.1:0"
     async with running(settings) as unit:  # the leader lock and the stores were released
         await register(unit)
+
+
+@pytest.mark.parametrize("backend", ["embedded"])
+async def test_a_second_platform_on_a_busy_port_does_not_start(
+    settings: Settings, tmp_path
+) -> None:
+    """grpc would share the port by default, and the two would take turns answering."""
+    first = await start_platform(settings)
+    try:
+        other = Settings(data_dir=tmp_path / "other", city=settings.city, rules_dirs=settings.rules_dirs,
+                         backend="embedded", listen=f"127.0.0.1:{first.port}")  # fmt: skip
+        with pytest.raises(RuntimeError, match="bind"):
+            await start_platform(other)
+    finally:
+        await first.stop(grace=0.5)

@@ -16,7 +16,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from psvis.checkpoints import CheckpointStore
-from psvis.eventstore.port import EventStore
+from psvis.eventstore.port import LogSource, LogUnreadable
 from psvis.projection import StreamProjection
 from psvis.readstore.port import ReadStore, canonical_digest
 from psvis.readstore.sqlite import SqliteReadStore
@@ -34,7 +34,7 @@ LEDGER_WORKER_FROM = 100_000
 
 
 async def verify_store(
-    events: EventStore,
+    events: LogSource,
     checkpoints: CheckpointStore,
     keys: Sequence[Ed25519PublicKey],
     progress: Callable[[int], None] | None = None,
@@ -48,13 +48,22 @@ async def verify_store(
     default when the notarised log holds LEDGER_WORKER_FROM events or more. The report is the
     same either way.
     """
-    records = await checkpoints.all(events.log_id)
+    try:
+        records = await checkpoints.all(events.log_id)
+    except LogUnreadable as e:
+        verifier = LogVerifier(events.log_id, [], {})
+        with contextlib.suppress(_Stop):
+            verifier.unreadable(str(e))
+        return verifier.report
     verifier = LogVerifier(events.log_id, records, {key_id(k): k for k in keys})
     if ledger_worker is None:
         ledger_worker = bool(records) and records[-1].tree_size >= LEDGER_WORKER_FROM
     async with _ledger_checked(verifier, ledger_worker) as ledger:
         with contextlib.suppress(_Stop):  # a failure of the events stands unless the ledger fails
-            await _check_events(verifier, events, ledger, progress)
+            try:
+                await _check_events(verifier, events, ledger, progress)
+            except LogUnreadable as e:
+                verifier.unreadable(str(e))
         try:
             if not ledger.applied:
                 verifier.apply_ledger(await ledger.found)
@@ -146,7 +155,7 @@ async def _or_here(found: Awaitable[LedgerCheck], verifier: LogVerifier) -> Ledg
 
 async def _check_events(
     verifier: LogVerifier,
-    events: EventStore,
+    events: LogSource,
     ledger: _Ledger,
     progress: Callable[[int], None] | None,
 ) -> None:
@@ -169,7 +178,7 @@ async def _check_events(
 
 
 def _page_bytes(
-    events: EventStore,
+    events: LogSource,
 ) -> Callable[[int, int], Awaitable[list[tuple[int, bytes]]]]:
     """(position, stored bytes) pages from a store that only offers read_page."""
 
@@ -188,7 +197,7 @@ class Replay:
 
 
 async def replay(
-    source: EventStore,
+    source: LogSource,
     projections: Sequence[StreamProjection],
     collections: Sequence[str],
     *,

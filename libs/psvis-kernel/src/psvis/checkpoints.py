@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from psvis.common.v1 import envelope_pb2 as pb
+from psvis.eventstore.port import LogUnreadable
 from psvis.sqlite_db import SqliteDatabase
 
 
@@ -49,9 +50,14 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 
 
 class SqliteCheckpointStore:
-    def __init__(self, db: SqliteDatabase) -> None:
+    """read_only: an audit's view, on a read-only database; a file without the table has no
+    checkpoints, and a damaged one raises LogUnreadable."""
+
+    def __init__(self, db: SqliteDatabase, *, read_only: bool = False) -> None:
         self._db = db
-        db.run_sync(lambda c: c.executescript(SCHEMA))
+        self._read_only = read_only
+        if not read_only:
+            db.run_sync(lambda c: c.executescript(SCHEMA))
 
     async def add(self, record: CheckpointRecord) -> None:
         def work(conn: sqlite3.Connection) -> None:
@@ -70,13 +76,39 @@ class SqliteCheckpointStore:
         return await self._select(log_id, "ORDER BY tree_size")
 
     async def _select(self, log_id: str, tail: str) -> list[CheckpointRecord]:
-        rows = await self._db.run(
-            lambda c: c.execute(
-                "SELECT log_id, tree_size, signed, leaves, frontier FROM checkpoints"
+        def work(c: sqlite3.Connection) -> list[Any]:
+            if (
+                self._read_only
+                and not c.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'checkpoints'"
+                ).fetchone()
+            ):
+                return []
+            return c.execute(
+                "SELECT tree_size, signed, leaves, frontier FROM checkpoints"
                 f" WHERE log_id = ? {tail}",
                 (log_id,),
             ).fetchall()
-        )
-        return [
-            CheckpointRecord(r[0], int(r[1]), bytes(r[2]), bytes(r[3]), bytes(r[4])) for r in rows
-        ]
+
+        try:
+            rows = await self._db.run(work)
+        except sqlite3.Error as e:
+            raise LogUnreadable(f"the checkpoints cannot be read: {e}") from e
+        try:
+            return [
+                CheckpointRecord(log_id, int(r[0]), _blob(r[1]), _blob(r[2]), _blob(r[3]))
+                for r in rows
+            ]
+        except (TypeError, ValueError) as e:
+            raise LogUnreadable(f"a stored checkpoint is not one: {e}") from e
+
+
+def _blob(value: object) -> bytes:
+    """A stored blob; a damaged row's text as its bytes, its NULL as none."""
+    if value is None:
+        return b""
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, bytes):
+        return value
+    return str(value).encode()  # a number

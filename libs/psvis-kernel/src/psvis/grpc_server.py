@@ -158,7 +158,11 @@ def create_server(
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> tuple[grpc.aio.Server, int, health.HealthServicer]:
     """Build (not start) a server; returns it with its bound port and health servicer."""
-    server = grpc.aio.server(interceptors=[*interceptors, ErrorMapping()])
+    # grpc shares ports by default (SO_REUSEPORT): a second server on a busy port would start
+    # and take half of the first one's calls; without it, binding the port fails
+    server = grpc.aio.server(
+        interceptors=[*interceptors, ErrorMapping()], options=[("grpc.so_reuseport", 0)]
+    )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for service in services:

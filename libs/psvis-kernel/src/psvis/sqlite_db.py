@@ -16,14 +16,23 @@ log = logging.getLogger(__name__)
 
 
 class SqliteDatabase:
-    """A WAL-mode SQLite file shared by the embedded adapters of one process."""
+    """A WAL-mode SQLite file shared by the embedded adapters of one process.
 
-    def __init__(self, path: Path | str) -> None:
+    read_only: what an audit opens; nothing is created or written, and text comes back as
+    bytes, as it is stored (a damaged file may hold text that is not UTF-8).
+    """
+
+    def __init__(self, path: Path | str, *, read_only: bool = False) -> None:
         self.path = str(path)
-        if self.path != ":memory:":
+        if self.path != ":memory:" and not read_only:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
-        self._conn = self._executor.submit(connect, self.path).result()
+        opener = connect_read_only if read_only else connect
+        try:
+            self._conn = self._executor.submit(opener, self.path).result()
+        except BaseException:
+            self._executor.shutdown()
+            raise
 
     async def run(self, work: Callable[[sqlite3.Connection], T]) -> T:
         loop = asyncio.get_running_loop()
@@ -56,6 +65,17 @@ def connect(path: str) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA busy_timeout=10000")
+    return conn
+
+
+def connect_read_only(path: str) -> sqlite3.Connection:
+    """A connection that can change nothing in the file (mode=ro), nor create it."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no database at {path}")
+    conn = sqlite3.connect(
+        f"{Path(path).resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False
+    )
+    conn.text_factory = bytes
     return conn
 
 

@@ -170,6 +170,10 @@ class LogVerifier:
             self._fail(found.failure.offset, found.failure.check, found.failure.detail)
         self.report.notarised_size = found.notarised_size
 
+    def unreadable(self, detail: str) -> NoReturn:
+        """The store failed to give the events from self._next on (or the checkpoints)."""
+        self._fail(self._next, "storage", detail)
+
     def check_event(self, offset: int, data: bytes) -> None:
         self.check_page(((offset, data),))
 

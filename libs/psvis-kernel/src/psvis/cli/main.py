@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from psvis.platform import discover_services
 from psvis.rulepack import RulePackError, check_requirements, load_pack
 from psvis.settings import Settings
+from psvis.stores import open_for_audit
 
 console = Console(stderr=True, soft_wrap=True)
 
@@ -124,28 +126,33 @@ def _progress(label: str, total: int) -> Progress:
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     from psvis.audit import verify_store
+    from psvis.eventstore.port import LogUnreadable
     from psvis.signing import load_public_key, public_path
-    from psvis.stores import open_stores
 
     settings = _settings(args)
+    if not _log_exists(settings):
+        return 2
     key_files = args.key or [public_path(settings.notary_key)]
     try:
         keys = [load_public_key(Path(k).read_bytes()) for k in key_files]
     except (OSError, ValueError) as e:
-        console.print(f"[red]error:[/] notary public key: {e}")
+        console.print(f"[red]error:[/] notary public key: {escape(str(e))}")
         return 2
 
     async def run() -> dict[str, Any]:
-        stores = await open_stores(settings)
+        log = await open_for_audit(settings)
         try:
-            total = await stores.events.log_size()
+            try:
+                total = await log.events.log_size()
+            except LogUnreadable:
+                total = 0  # verify_store reports it
             with _progress("verifying", total) as bar:
                 task = bar.add_task("verify", total=total)
-                report = await verify_store(stores.events, stores.checkpoints, keys,
+                report = await verify_store(log.events, log.checkpoints, keys,
                                             progress=lambda n: bar.advance(task, n))  # fmt: skip
             return report.as_dict()
         finally:
-            await stores.close()
+            await log.close()
 
     report = asyncio.run(run())
     if args.json:
@@ -158,9 +165,21 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     else:
         f = report["failure"]
         console.print(
-            f"[red]FAILED[/] {report['log_id']} at offset {f['offset']}: {f['check']}: {f['detail']}"
+            f"[red]FAILED[/] {report['log_id']} at offset {f['offset']}: {f['check']}: "
+            + escape(f["detail"])
         )
     return 0 if report["ok"] else 1
+
+
+def _log_exists(settings: Settings) -> bool:
+    """Whether the embedded log is there to audit; says where it looked when it is not."""
+    if settings.backend == "embedded" and not settings.sqlite_path.is_file():
+        console.print(
+            f"[red]error:[/] no event log at {escape(str(settings.sqlite_path))}"
+            " (give the platform's data folder with --data-dir or PSVIS_DATA_DIR)"
+        )
+        return False
+    return True
 
 
 def _parse_time(text: str) -> datetime:
@@ -190,21 +209,36 @@ SHOWN = 20  # documents listed per collection by `audit replay` without --all
 
 def cmd_audit_replay(args: argparse.Namespace) -> int:
     from psvis.audit import replay
-    from psvis.stores import open_stores
+    from psvis.eventstore.port import LogUnreadable
+    from psvis.replaying import ReplayWorkerError
 
     settings = _settings(args)
     until = _parse_time(args.until) if args.until else None
+    if not _log_exists(settings):
+        return 2
+    if args.into and Path(args.into).exists():
+        console.print(
+            f"[red]error:[/] {escape(args.into)} exists; --into takes a new file (a replay"
+            " starts from empty read models, and would empty it)"
+        )
+        return 2
+    if args.into and not Path(args.into).parent.is_dir():
+        console.print(f"[red]error:[/] no folder {escape(str(Path(args.into).parent))} for --into")
+        return 2
     services = discover_services()
     projections = [p for s in services for p in s.projections]
     collections = [c for s in services for c in s.collections]
 
-    async def run() -> dict[str, object]:
-        stores = await open_stores(settings)
+    async def run() -> dict[str, object] | str:
+        log = await open_for_audit(settings)
         try:
-            total = await stores.events.log_size()
+            try:
+                total = await log.events.log_size()
+            except LogUnreadable as e:
+                return str(e)
             with _progress("replaying", total) as bar:
                 task = bar.add_task("replay", total=total)
-                result = await replay(stores.events, projections, collections, until=until,
+                result = await replay(log.events, projections, collections, until=until,
                                       into=args.into or ":memory:", progress=lambda n: bar.advance(task, n),
                                       workers=args.workers)  # fmt: skip
             models: dict[str, object] = {}
@@ -225,10 +259,15 @@ def cmd_audit_replay(args: argparse.Namespace) -> int:
                 "digest": result.digest,
                 "read_models": models,
             }
+        except (LogUnreadable, ReplayWorkerError) as e:
+            return f"{e} (psvis audit verify names the damage)"
         finally:
-            await stores.close()
+            await log.close()
 
     out = asyncio.run(run())
+    if isinstance(out, str):
+        console.print(f"[red]error:[/] {escape(out)}")
+        return 1
     if args.json:
         print(json.dumps(out, indent=2, ensure_ascii=False, sort_keys=True))
         return 0

@@ -9,6 +9,22 @@ from typing import Protocol
 from psvis.envelope import NewEvent, RecordedEvent
 
 
+class LogUnreadable(Exception):
+    """The stored log, or its checkpoints, cannot be read (a damaged file): audit reports it."""
+
+
+class LogSource(Protocol):
+    """What an audit reads: the log in order, as stored."""
+
+    log_id: str
+
+    async def read_page(self, after: int, limit: int) -> list[RecordedEvent]: ...
+
+    async def log_size(self) -> int: ...
+
+    async def wait_for_append(self, timeout: float) -> None: ...
+
+
 @dataclass(frozen=True)
 class StreamHead:
     version: int

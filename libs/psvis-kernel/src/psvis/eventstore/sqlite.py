@@ -9,11 +9,14 @@ import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
+
+from google.protobuf.message import DecodeError
 
 from psvis.clock import Clock, IdSource
 from psvis.envelope import NewEvent, RecordedEvent, seal_stream
 from psvis.errors import ConcurrencyConflict
-from psvis.eventstore.port import StreamHead
+from psvis.eventstore.port import LogUnreadable, StreamHead
 from psvis.eventstore.sqlite_index import StreamIndex
 from psvis.sqlite_db import SqliteDatabase, WalCheckpointer, connect, in_transaction
 
@@ -239,3 +242,55 @@ def _log_page(
         " WHERE position > ? ORDER BY position LIMIT ?",
         (after, limit),
     ).fetchall()
+
+
+class SqliteLogReader:
+    """The embedded log opened read-only, for `audit verify` and `audit replay`.
+
+    It creates and writes nothing: no schema, no stream index, no WAL mode. A damaged file
+    raises LogUnreadable, which the audit reports. Stored values that are not blobs are read
+    as the bytes of their text (they cannot be what was written, so the hash check fails on
+    them); a NULL is read as no bytes.
+    """
+
+    def __init__(self, db: SqliteDatabase, log_id: str = "psvis.events/0") -> None:
+        self._db = db  # opened read_only by the caller, whose it stays
+        self.path = db.path
+        self.log_id = log_id
+
+    async def read_page_bytes(self, after: int, limit: int) -> list[tuple[int, bytes]]:
+        return await self._read(
+            "SELECT position, COALESCE(CAST(data AS BLOB), x'') FROM events"
+            " WHERE position > ? ORDER BY position LIMIT ?",
+            (after, limit),
+        )
+
+    async def read_page(self, after: int, limit: int) -> list[RecordedEvent]:
+        page = await self.read_page_bytes(after, limit)
+        try:
+            return [RecordedEvent.stored(p, d) for p, d in page]
+        except DecodeError:
+            bad = next(p for p, d in page if not _decodes(d))
+            raise LogUnreadable(f"the stored event at offset {bad} is not an envelope") from None
+
+    async def log_size(self) -> int:
+        [(n,)] = await self._read("SELECT COALESCE(MAX(position), -1) + 1 FROM events", ())
+        return int(n)
+
+    async def wait_for_append(self, timeout: float) -> None:
+        """An audit reads what is stored; what is appended meanwhile, it reads next time."""
+        await asyncio.sleep(timeout)
+
+    async def _read(self, sql: str, args: tuple[int, ...]) -> list[Any]:
+        try:
+            return await self._db.run(lambda c: c.execute(sql, args).fetchall())
+        except sqlite3.Error as e:
+            raise LogUnreadable(f"the log at {self.path} cannot be read: {e}") from e
+
+
+def _decodes(data: bytes) -> bool:
+    try:
+        RecordedEvent.stored(0, data)
+    except DecodeError:
+        return False
+    return True

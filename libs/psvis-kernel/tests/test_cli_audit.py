@@ -1,0 +1,132 @@
+"""`psvis audit verify` and `psvis audit replay` on data folders as a user finds them: the
+untouched, the damaged and the missing. An audit changes nothing in the folder it reads."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from kernel_fixtures import build_log, note
+
+
+def psvis(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "psvis.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def verify(folder: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return psvis("audit", "verify", "--data-dir", str(folder), "--json", *extra)
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    """A data folder with 30 notarised events in 3 streams and a tail of 6 not yet signed."""
+
+    async def build() -> None:
+        log = await build_log(tmp_path, events=30, every=8)
+        for i in range(6):
+            head = await log.store.head("s-tail")
+            await log.store.append("s-tail", head.version, [note(f"tail {i}", log.clock)])
+        await log.store.close()
+        await log.db.close()
+
+    asyncio.run(build())
+    return tmp_path
+
+
+def edit(folder: Path, *statements: str) -> None:
+    conn = sqlite3.connect(folder / "psvis.db")
+    for sql in statements:
+        conn.execute(sql)
+    conn.commit()
+    conn.close()
+
+
+def contents(folder: Path) -> dict[str, str]:
+    """Every file's hash, but SQLite's own -shm/-wal housekeeping."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not p.name.endswith(("-shm", "-wal"))
+    }
+
+
+def test_an_untouched_folder_verifies_and_is_left_as_it_was(folder: Path) -> None:
+    # as after a crash before the stream index was written: a server would learn it again
+    edit(folder, "DELETE FROM stream_index", "DELETE FROM stream_index_state")
+    before = contents(folder)
+    run = verify(folder)
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout)
+    assert (report["ok"], report["events_checked"], report["notarised_size"]) == (True, 36, 30)
+    replayed = psvis("audit", "replay", "--data-dir", str(folder), "--json")
+    assert replayed.returncode == 0, replayed.stderr
+    assert contents(folder) == before  # no read-models.db, no stream index written back
+
+
+@pytest.mark.parametrize(
+    ("statement", "offset", "check"),
+    [
+        ("UPDATE events SET data = 'text, not bytes' WHERE position = 12", 12, "notarised-leaf"),
+        ("UPDATE events SET data = 42 WHERE position = 27", 27, "notarised-leaf"),
+        ("UPDATE events SET data = x'ff' WHERE position = 33", 33, "decode"),
+        ("UPDATE events SET data = x'' WHERE position = 0", 0, "notarised-leaf"),
+        ("DROP TABLE events", 0, "storage"),
+    ],
+)
+def test_a_damaged_row_or_table_is_a_failure_report_not_a_traceback(
+    folder: Path, statement: str, offset: int, check: str
+) -> None:
+    edit(folder, statement)
+    run = verify(folder)
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+    failure = json.loads(run.stdout)["failure"]
+    assert (failure["offset"], failure["check"]) == (offset, check), failure
+
+
+def test_a_checkpoint_holding_text_is_a_failure(folder: Path) -> None:
+    edit(folder, "UPDATE checkpoints SET signed = 'not a signature' WHERE tree_size = 16")
+    run = verify(folder)
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+    assert json.loads(run.stdout)["failure"]["check"] == "checkpoint-decode"
+
+
+def test_a_file_that_is_not_a_database_is_a_failure(folder: Path) -> None:
+    db = folder / "psvis.db"
+    db.write_bytes(b"this is not SQLite\n" * 400)
+    run = verify(folder)
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+    failure = json.loads(run.stdout)["failure"]
+    assert failure["check"] == "storage" and "not a database" in failure["detail"]
+    replayed = psvis("audit", "replay", "--data-dir", str(folder))
+    assert replayed.returncode == 1 and "Traceback" not in replayed.stderr, replayed.stderr
+    assert "cannot be read" in replayed.stderr
+
+
+def test_no_log_in_the_folder_is_an_error_and_nothing_is_created(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere"
+    for command in ("verify", "replay"):
+        run = psvis("audit", command, "--data-dir", str(missing))
+        assert run.returncode == 2 and "no event log at" in run.stderr, run.stderr
+    assert not missing.exists()
+
+
+def test_replay_into_an_existing_file_is_refused_and_the_file_kept(folder: Path) -> None:
+    kept = folder / "kept.db"
+    kept.write_bytes(b"someone's read models")
+    run = psvis("audit", "replay", "--data-dir", str(folder), "--into", str(kept))
+    assert run.returncode == 2 and "exists" in run.stderr, run.stderr
+    assert kept.read_bytes() == b"someone's read models"
+    fresh = folder / "fresh.db"
+    assert psvis("audit", "replay", "--data-dir", str(folder), "--into", str(fresh)).returncode == 0
+    assert fresh.is_file()
