@@ -15,3 +15,18 @@ def test_a_reader_that_stops_early_gets_no_traceback() -> None:
     stderr = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 141
     assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr
+
+
+def test_rules_check_names_packs_it_cannot_read_and_prints_brackets(tmp_path) -> None:
+    (tmp_path / "minimal.toml").write_text("x = 1\n")
+    packs = [tmp_path / "minimal.toml", tmp_path / "missing.toml", tmp_path]
+    run = subprocess.run(
+        [sys.executable, "-m", "psvis.cli.main", "rules", "check", *map(str, packs)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+    assert "a [pack] table with city and name is required" in run.stderr
+    assert "missing.toml: cannot be read" in run.stderr
+    assert f"{tmp_path}: cannot be read" in run.stderr

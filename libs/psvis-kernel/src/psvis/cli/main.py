@@ -82,7 +82,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         asyncio.run(serve(settings, ready))
     except (RulePackError, RuntimeError, ValueError) as e:
-        console.print(f"[red]error:[/] {e}")
+        console.print(f"[red]error:[/] {escape(str(e))}")
         return 2
     return 0
 
@@ -112,10 +112,10 @@ def cmd_rules_check(args: argparse.Namespace) -> int:
         for r in report:
             mark = "[green]ok[/]" if r["ok"] else "[red]FAILED[/]"
             console.print(
-                f"{mark} {r['pack']}: {r['rules']} rules, silent: {', '.join(r['silent']) or 'none'}"
+                f"{mark} {escape(r['pack'])}: {r['rules']} rules, silent: {', '.join(r['silent']) or 'none'}"
             )
             for p in r["problems"]:
-                console.print(f"    - {p}")
+                console.print(f"    - {escape(p)}")
     return 1 if failed else 0
 
 
