@@ -30,3 +30,27 @@ def test_rules_check_names_packs_it_cannot_read_and_prints_brackets(tmp_path) ->
     assert "a [pack] table with city and name is required" in run.stderr
     assert "missing.toml: cannot be read" in run.stderr
     assert f"{tmp_path}: cannot be read" in run.stderr
+
+
+def test_certs_issue_never_overwrites_the_ca_or_server_files(tmp_path) -> None:
+    from psvis.pki import ensure_dev_pki
+
+    pki = tmp_path / "pki"
+    ensure_dev_pki(pki)
+    kept = {p.name: p.read_bytes() for p in pki.iterdir()}
+    for agency in ("server", "ca", "../escape", ""):
+        run = subprocess.run(
+            [sys.executable, "-m", "psvis.cli.main", "certs", "issue", agency, "police",
+             "--data-dir", str(tmp_path)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+    assert {p.name: p.read_bytes() for p in pki.iterdir()} == kept
+    assert not (tmp_path / "escape.crt").exists()
+    ok = subprocess.run(
+        [sys.executable, "-m", "psvis.cli.main", "certs", "issue", "district-7", "police",
+         "--data-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    assert (pki / "district-7.crt").is_file() and (pki / "ca.crt").read_bytes() == kept["ca.crt"]

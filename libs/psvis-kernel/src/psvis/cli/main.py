@@ -293,11 +293,28 @@ def cmd_audit_replay(args: argparse.Namespace) -> int:
 
 def cmd_certs_issue(args: argparse.Namespace) -> int:
     from psvis.pki import issue_client
+    from psvis.validate import IDENTIFIER
 
     settings = _settings(args)
+    if not IDENTIFIER.fullmatch(args.agency) or args.agency in RESERVED_NAMES:
+        console.print(
+            f"[red]error:[/] agency {escape(repr(args.agency))} must be 1-64 letters, digits, '.',"
+            f" '_', ':' or '-', and not {' or '.join(sorted(RESERVED_NAMES))} (the CA's and the"
+            " server's own files)"
+        )
+        return 2
+    if not (settings.pki_dir / "ca.key").is_file():
+        console.print(
+            f"[red]error:[/] no development CA in {escape(str(settings.pki_dir))}"
+            " (the platform makes one when it first starts on that data folder)"
+        )
+        return 2
     identity = issue_client(settings.pki_dir, args.agency, args.role)
     console.print(f"issued {identity.cert} for {args.agency} as {args.role}")
     return 0
+
+
+RESERVED_NAMES = frozenset({"ca", "server"})  # files of the folder's CA and server identity
 
 
 def cmd_asyncapi(args: argparse.Namespace) -> int:
@@ -385,7 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     issue.add_argument("agency")
     issue.add_argument("role", choices=["management_unit", "police", "auditor"])
-    issue.add_argument("--data-dir", type=Path)
+    issue.add_argument(
+        "--data-dir", type=Path, help="data folder whose CA signs (env PSVIS_DATA_DIR; default .psvis)"
+    )
     issue.set_defaults(run=cmd_certs_issue)
 
     for service in discover_services():
