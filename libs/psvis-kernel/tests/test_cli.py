@@ -54,3 +54,25 @@ def test_certs_issue_never_overwrites_the_ca_or_server_files(tmp_path) -> None:
     )  # fmt: skip
     assert ok.returncode == 0, ok.stderr
     assert (pki / "district-7.crt").is_file() and (pki / "ca.crt").read_bytes() == kept["ca.crt"]
+
+
+def test_registry_commands_refuse_bad_arguments_before_calling(tmp_path) -> None:
+    """Each fails with one line (no server is needed to find out), never a traceback."""
+    cases = [
+        (["register", "--data", '{"nope": 1}'], "does not fit SystemRegistered"),
+        (["register", "--data", "[1, 2]"], "does not fit SystemRegistered"),
+        (["register", "--file", str(tmp_path / "missing.json")], "No such file"),
+        (["register", "--file", str(tmp_path)], "--file"),
+        (["archive", "gate-1", "--on", "2024-01-01", "--kind", "design", "--title", "t", "--document", str(tmp_path / "x")],
+         "No such file"),
+        (["list", "--limit", "-1"], "from 1 to 1000"),
+        (["use", "gate-1", "--on", "2024-01-01", "--expected-version", "-1"], "whole number"),
+        (["classify", "gate-1", "--level", "-3"], "from 0 to 5"),
+    ]  # fmt: skip
+    for args, message in cases:
+        run = subprocess.run(
+            [sys.executable, "-m", "psvis.cli.main", "registry", *args],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert run.returncode in (1, 2) and "Traceback" not in run.stderr, (args, run.stderr)
+        assert message in run.stderr, (args, run.stderr)

@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from google.protobuf.message import Message
-from psvis.cli.client import add_connection_flags, channel, payload_from, run_rpc, to_json
+from psvis.cli.client import (
+    add_connection_flags,
+    channel,
+    payload_from,
+    run_rpc,
+    to_json,
+    whole,
+)
 from psvis.registry.v1 import registry_pb2 as reg
 from psvis.registry.v1 import registry_pb2_grpc as reg_grpc
 
@@ -141,7 +148,11 @@ def _run_command(command: Command, args: argparse.Namespace) -> int:
     payload = payload_cls()
     _fill(payload, command.flags, args)
     if command.name == "archive" and args.document:
-        payload.sha256 = hashlib.sha256(Path(args.document).read_bytes()).hexdigest()  # type: ignore[attr-defined,unused-ignore]
+        try:
+            content = Path(args.document).read_bytes()
+        except OSError as e:
+            raise SystemExit(f"error: --document {args.document}: {e.strerror or e}") from None
+        payload.sha256 = hashlib.sha256(content).hexdigest()  # type: ignore[attr-defined,unused-ignore]
     payload = payload_from(args, payload)
     request = command.request(system_id=args.system_id, expected_version=args.expected_version)
     getattr(request, command.payload_field).CopyFrom(payload)
@@ -293,7 +304,7 @@ def add_cli(sub: Any) -> None:
             p.add_argument("--document", help="a file whose SHA-256 to record")
         p.add_argument(
             "--expected-version",
-            type=int,
+            type=whole(0, 2**63 - 1),
             default=0,
             help="refuse if the system moved past this version",
         )
@@ -306,9 +317,10 @@ def add_cli(sub: Any) -> None:
     p.add_argument("--on", required=True, help="date")
     for flag in ("--anti-terror", "--key-unit", "--state-secret", "--internet"):
         p.add_argument(flag, action="store_true")
-    p.add_argument("--level", type=int, default=0, help="security level 0-5")
+    p.add_argument("--level", type=whole(0, 5), default=0, help="security level 0-5")
     p.add_argument("--data-grade")
-    p.add_argument("--expected-version", type=int, default=0)
+    p.add_argument("--expected-version", type=whole(0, 2**63 - 1), default=0,
+                   help="refuse the command unless the system is at this version (0: any)")  # fmt: skip
     add_connection_flags(p)
     p.set_defaults(run=_classify)
 
@@ -332,7 +344,7 @@ def add_cli(sub: Any) -> None:
     p.add_argument("--unit")
     p.add_argument("--state")
     p.add_argument("--address-code", help="address code prefix")
-    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--limit", type=whole(1, 1000), default=100, help="page size, 1-1000")
     add_connection_flags(p)
     p.set_defaults(run=_list)
 
@@ -343,7 +355,7 @@ def add_cli(sub: Any) -> None:
     p.add_argument(
         "--bbox", type=float, nargs=4, metavar=("MIN_LON", "MIN_LAT", "MAX_LON", "MAX_LAT")
     )
-    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--limit", type=whole(1, 1000), default=100, help="page size, 1-1000")
     add_connection_flags(p)
     p.set_defaults(run=_cameras)
 

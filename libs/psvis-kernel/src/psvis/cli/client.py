@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf import json_format
 from google.protobuf.json_format import MessageToDict, ParseDict
 from google.protobuf.message import Message
 
@@ -59,18 +60,38 @@ def to_json(message: Message) -> str:
     )
 
 
+def whole(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: a whole number from low to high (protobuf refuses others with a trace)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from {low} to {high}")
+        return value
+
+    return parse
+
+
 def payload_from(args: argparse.Namespace, message: M) -> M:
     """--file/--data JSON (proto field names) merged under the flags already set on message."""
     text = None
     if getattr(args, "file", None):
-        text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
+        try:
+            text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise SystemExit(
+                f"error: --file {args.file}: {getattr(e, 'strerror', None) or e}"
+            ) from None
     elif getattr(args, "data", None):
         text = args.data
     if text:
         base = type(message)()
         try:
             ParseDict(json.loads(text), base)
-        except (ValueError, json.JSONDecodeError) as e:
+        except (ValueError, json_format.ParseError) as e:
             raise SystemExit(
                 f"error: the JSON payload does not fit {base.DESCRIPTOR.name}: {e}"
             ) from None

@@ -403,7 +403,9 @@ def build_parser() -> argparse.ArgumentParser:
     issue.add_argument("agency")
     issue.add_argument("role", choices=["management_unit", "police", "auditor"])
     issue.add_argument(
-        "--data-dir", type=Path, help="data folder whose CA signs (env PSVIS_DATA_DIR; default .psvis)"
+        "--data-dir",
+        type=Path,
+        help="data folder whose CA signs (env PSVIS_DATA_DIR; default .psvis)",
     )
     issue.set_defaults(run=cmd_certs_issue)
 
