@@ -71,6 +71,9 @@ def test_an_untouched_folder_verifies_and_is_left_as_it_was(folder: Path) -> Non
     assert (report["ok"], report["events_checked"], report["notarised_size"]) == (True, 36, 30)
     replayed = psvis("audit", "replay", "--data-dir", str(folder), "--json")
     assert replayed.returncode == 0, replayed.stderr
+    human = psvis("audit", "verify", "--data-dir", str(folder))
+    assert human.returncode == 0 and "trusted notary key" in human.stderr, human.stderr
+    assert "the data folder's own" in human.stderr  # no --key: the auditor is told
     assert contents(folder) == before  # no read-models.db, no stream index written back
 
 

@@ -127,7 +127,7 @@ def _progress(label: str, total: int) -> Progress:
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     from psvis.audit import verify_store
     from psvis.eventstore.port import LogUnreadable
-    from psvis.signing import load_public_key, public_path
+    from psvis.signing import key_id, load_public_key, public_path
 
     settings = _settings(args)
     if not _log_exists(settings):
@@ -161,7 +161,15 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         console.print(f"[green]OK[/] {report['log_id']}: {report['events_checked']} events in {report['streams']} streams, "
                       f"{report['checkpoints_checked']} signed checkpoints covering {report['notarised_size']}")  # fmt: skip
         for w in report["warnings"]:
-            console.print(f"  note: {w}")
+            console.print(f"  note: {escape(w)}")
+        trusted = ", ".join(
+            f"{key_id(k)} ({escape(str(f))})" for k, f in zip(keys, key_files, strict=True)
+        )
+        console.print(f"  trusted notary key: {trusted}")
+        if not args.key:
+            console.print(
+                "  note: that key is the data folder's own; pass --key with the key you were given"
+            )
     else:
         f = report["failure"]
         console.print(
