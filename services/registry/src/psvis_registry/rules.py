@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import timedelta
+from datetime import date, timedelta
 
 from psvis import validate as v
 from psvis.decision import Accepted, Decision, Refused
@@ -206,7 +206,7 @@ def file_change(state: SystemState, cmd: reg.ChangeFiled, pack: RulePack) -> Dec
 
 
 def _move_timing(
-    rule_id: str, state: SystemState, when: str, cmd: reg.SystemRelocated | reg.SystemRemoved,
+    rule_id: str, state: SystemState, moved_on: date, cmd: reg.SystemRelocated | reg.SystemRemoved,
     pack: RulePack,
 ) -> Refused | None:  # fmt: skip
     """REG-6: each city's timing, consent and (Wuhan 10) rebuild plan for a move or removal."""
@@ -214,7 +214,6 @@ def _move_timing(
     if rule.silent:
         return None
     command = "RelocateSystem" if rule_id == "relocation" else "RemoveSystem"
-    moved_on = v.need_date(when, f"{rule_id}.date")
     reported = v.iso_date(cmd.reported_on, f"{rule_id}.reported_on", optional=True)
     mandatory = state.site_category in mandatory_categories(pack)
     if mandatory and rule.param("mandatory_site_requires_rebuild_plan", False):
@@ -241,21 +240,21 @@ def _move_timing(
 
 def relocate(state: SystemState, cmd: reg.SystemRelocated, pack: RulePack) -> Decision:
     state.require_not_removed("relocation")
-    v.need_date(cmd.relocated_on, "relocation.date")  # findings as of a date need it
+    moved_on = v.need_date(cmd.relocated_on, "relocation.date")  # rule or not: findings need it
     _site(cmd.new_site, "relocation.new_site", pack)
-    refusal = _move_timing("relocation", state, cmd.relocated_on, cmd, pack)
+    refusal = _move_timing("relocation", state, moved_on, cmd, pack)
     return refusal or Accepted(cmd)
 
 
 def remove(state: SystemState, cmd: reg.SystemRemoved, pack: RulePack) -> Decision:
     state.require_not_removed("removal")
-    v.need_date(cmd.removed_on, "removal.date")  # findings as of a date need it
+    removed_on = v.need_date(cmd.removed_on, "removal.date")  # rule or not: findings need it
     v.required(cmd.reason, "removal.reason")
     rule = pack.rule("removal")
     allowed = [] if rule.silent else rule.param("allowed_reasons", [])
     if allowed and cmd.reason not in allowed:
         return Refused("RemoveSystem", rule.cite(f"removal only for: {', '.join(allowed)}"))
-    refusal = _move_timing("removal", state, cmd.removed_on, cmd, pack)
+    refusal = _move_timing("removal", state, removed_on, cmd, pack)
     return refusal or Accepted(cmd)
 
 

@@ -201,15 +201,10 @@ def _parse_time(text: str) -> datetime:
 
 
 def _workers(text: str) -> int:
-    from psvis.replaying import MAX_WORKERS
+    from psvis.cli.client import whole
+    from psvis.replaying import MAX_WORKERS  # imported when used: it brings the projection code
 
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if not 1 <= value <= MAX_WORKERS:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 1 to {MAX_WORKERS}")
-    return value
+    return whole(1, MAX_WORKERS)(text)
 
 
 SHOWN = 20  # documents listed per collection by `audit replay` without --all

@@ -33,6 +33,12 @@ CREATE TABLE IF NOT EXISTS events (
 """
 
 INSERT = "INSERT INTO events (position, stream_id, version, event_id, data) VALUES (?, ?, ?, ?, ?)"
+# (position, stored bytes) of a page, as audit verify reads them: a damaged row's value that is
+# not a blob comes as the bytes of its text (and fails its hash), a NULL as no bytes
+PAGE_BYTES = (
+    "SELECT position, COALESCE(CAST(data AS BLOB), x'') FROM events"
+    " WHERE position > ? ORDER BY position LIMIT ?"
+)
 
 
 @dataclass
@@ -200,12 +206,7 @@ class SqliteEventStore:
 
     async def read_page_bytes(self, after: int, limit: int) -> list[tuple[int, bytes]]:
         """(position, stored bytes) of up to `limit` events after `after`: what audit verify reads."""
-        return await self._db.run(
-            lambda c: c.execute(
-                "SELECT position, data FROM events WHERE position > ? ORDER BY position LIMIT ?",
-                (after, limit),
-            ).fetchall()
-        )
+        return await self._db.run(lambda c: c.execute(PAGE_BYTES, (after, limit)).fetchall())
 
     async def head(self, stream_id: str) -> StreamHead:
         return self._fresh().head(stream_id)
@@ -248,9 +249,7 @@ class SqliteLogReader:
     """The embedded log opened read-only, for `audit verify` and `audit replay`.
 
     It creates and writes nothing: no schema, no stream index, no WAL mode. A damaged file
-    raises LogUnreadable, which the audit reports. Stored values that are not blobs are read
-    as the bytes of their text (they cannot be what was written, so the hash check fails on
-    them); a NULL is read as no bytes.
+    raises LogUnreadable, which the audit reports; pages are read as PAGE_BYTES reads them.
     """
 
     def __init__(self, db: SqliteDatabase, log_id: str = "psvis.events/0") -> None:
@@ -259,19 +258,18 @@ class SqliteLogReader:
         self.log_id = log_id
 
     async def read_page_bytes(self, after: int, limit: int) -> list[tuple[int, bytes]]:
-        return await self._read(
-            "SELECT position, COALESCE(CAST(data AS BLOB), x'') FROM events"
-            " WHERE position > ? ORDER BY position LIMIT ?",
-            (after, limit),
-        )
+        return await self._read(PAGE_BYTES, (after, limit))
 
     async def read_page(self, after: int, limit: int) -> list[RecordedEvent]:
-        page = await self.read_page_bytes(after, limit)
-        try:
-            return [RecordedEvent.stored(p, d) for p, d in page]
-        except DecodeError:
-            bad = next(p for p, d in page if not _decodes(d))
-            raise LogUnreadable(f"the stored event at offset {bad} is not an envelope") from None
+        events = []
+        for position, data in await self.read_page_bytes(after, limit):
+            try:
+                events.append(RecordedEvent.stored(position, data))
+            except DecodeError:
+                raise LogUnreadable(
+                    f"the stored event at offset {position} is not an envelope"
+                ) from None
+        return events
 
     async def log_size(self) -> int:
         [(n,)] = await self._read("SELECT COALESCE(MAX(position), -1) + 1 FROM events", ())
@@ -286,11 +284,3 @@ class SqliteLogReader:
             return await self._db.run(lambda c: c.execute(sql, args).fetchall())
         except sqlite3.Error as e:
             raise LogUnreadable(f"the log at {self.path} cannot be read: {e}") from e
-
-
-def _decodes(data: bytes) -> bool:
-    try:
-        RecordedEvent.stored(0, data)
-    except DecodeError:
-        return False
-    return True
