@@ -243,8 +243,8 @@ def sqlite_floor(
 ) -> tuple[int, float]:
     """The least an append can cost on SQLite: psvis's events table and settings, bare sqlite3.
 
-    The same rows (position, stream, version, id, a blob of the envelope's size) as psvis
-    writes, one transaction per call, with no sealing, hashing or concurrency check.
+    The same rows (position, stream, a blob of the envelope's size) as psvis writes, one
+    transaction per call, with no sealing, hashing or concurrency check.
     """
     from psvis.eventstore.sqlite import INSERT, SCHEMA
     from psvis.sqlite_db import connect
@@ -255,9 +255,9 @@ def sqlite_floor(
     streams = [f"system-{uuid.uuid4()}" for _ in range(aggregates)]
     position = 0
     with timer() as elapsed:
-        for v in range(1, per + 1, batch):
+        for _ in range(0, per, batch):
             for s in streams:
-                rows = [(position + k, s, v + k, str(uuid.uuid4()), state) for k in range(batch)]
+                rows = [(position + k, s, state) for k in range(batch)]
                 if batch == 1:
                     conn.execute(INSERT, rows[0])
                 else:

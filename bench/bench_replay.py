@@ -89,7 +89,7 @@ def _payloads(system: int) -> Iterator[object]:
                 )
 
 
-def _window(args: tuple[int, int, int]) -> list[tuple[str, int, str, bytes]]:
+def _window(args: tuple[int, int, int]) -> list[tuple[str, bytes]]:
     """Events of systems [first, first+count), interleaved round-robin, sealed and chained."""
     from psvis.envelope import Actor, NewEvent, event_hash, seal
 
@@ -97,7 +97,7 @@ def _window(args: tuple[int, int, int]) -> list[tuple[str, int, str, bytes]]:
     actor = Actor("unit-a", ("officer-1",), "clerk")
     streams = [(f"system-sys-{s:07d}", list(_payloads(s))) for s in range(first, first + count)]
     prev = {sid: b"" for sid, _ in streams}
-    rows: list[tuple[str, int, str, bytes]] = []
+    rows: list[tuple[str, bytes]] = []
     n = base
     for version in range(1, PER_SYSTEM + 1):
         for sid, payloads in streams:
@@ -111,7 +111,7 @@ def _window(args: tuple[int, int, int]) -> list[tuple[str, int, str, bytes]]:
                 recorded_at=at,
             )
             prev[sid] = event_hash(data)
-            rows.append((sid, version, f"ev-{n:09d}", data))
+            rows.append((sid, data))
             n += 1
     return rows
 
@@ -119,7 +119,7 @@ def _window(args: tuple[int, int, int]) -> list[tuple[str, int, str, bytes]]:
 def build_log(path: Path, events: int) -> int:
     """Write `events` (rounded to whole systems) into a fresh embedded event store at path."""
     from psvis.clock import RandomIds, SystemClock
-    from psvis.eventstore.sqlite import SqliteEventStore
+    from psvis.eventstore.sqlite import INSERT, SqliteEventStore
     from psvis.sqlite_db import SqliteDatabase
 
     db = SqliteDatabase(path)
@@ -133,11 +133,7 @@ def build_log(path: Path, events: int) -> int:
     with ProcessPoolExecutor(2) as pool:
         for rows in pool.map(_window, windows):
             conn.execute("BEGIN")
-            conn.executemany(
-                "INSERT INTO events (position, stream_id, version, event_id, data)"
-                " VALUES (?, ?, ?, ?, ?)",
-                [(position + i, *r) for i, r in enumerate(rows)],
-            )
+            conn.executemany(INSERT, [(position + i, *r) for i, r in enumerate(rows)])
             conn.execute("COMMIT")
             position += len(rows)
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -200,13 +196,13 @@ def floor_replay(log: Path, into: Path, page: int = 5000) -> int:
     docs: dict[str, dict[str, object]] = {}
     after, n = -1, 0
     while rows := src.execute(
-        "SELECT position, stream_id, version, data FROM events"
-        " WHERE position > ? ORDER BY position LIMIT ?",
+        "SELECT position, data FROM events WHERE position > ? ORDER BY position LIMIT ?",
         (after, page),
     ).fetchall():
         touched: dict[str, int] = {}
-        for _, stream_id, version, data in rows:
+        for _, data in rows:
             env = pb.EventEnvelope.FromString(data)
+            stream_id, version = env.stream_id, env.stream_version
             event = message_class(env.type).FromString(env.payload)
             doc = docs.setdefault(stream_id, {"events": 0})
             doc["events"] = int(doc["events"]) + 1  # type: ignore[call-overload]

@@ -79,18 +79,17 @@ def raw_verify(path: Path) -> int:
     sha256 = hashlib.sha256
     after, n = -1, 0
     while rows := conn.execute(
-        "SELECT position, stream_id, version, event_id, data FROM events"
-        " WHERE position > ? ORDER BY position LIMIT ?",
+        "SELECT position, data, stream_id FROM events WHERE position > ? ORDER BY position LIMIT ?",
         (after, PAGE),
     ).fetchall():
         for row in rows:
-            sha256(b"\x00" + row[4]).digest()
+            sha256(b"\x00" + row[1]).digest()
         after, n = rows[-1][0], n + len(rows)
     conn.close()
     return n
 
 
-def read_all(path: Path) -> tuple[list[tuple[int, bytes]], list[Any]]:
+def read_all(path: Path) -> tuple[list[tuple[int, bytes, bytes]], list[Any]]:
     async def run() -> list[Any]:
         db, _, checkpoints = open_log(path)
         records = await checkpoints.all("psvis.events/0")
@@ -98,12 +97,14 @@ def read_all(path: Path) -> tuple[list[tuple[int, bytes]], list[Any]]:
         return records  # type: ignore[no-any-return]
 
     conn = sqlite3.connect(path)
-    events = conn.execute("SELECT position, data FROM events ORDER BY position").fetchall()
+    events = conn.execute(
+        "SELECT position, data, CAST(stream_id AS BLOB) FROM events ORDER BY position"
+    ).fetchall()
     conn.close()
     return events, asyncio.run(run())
 
 
-def memory_verify(events: list[tuple[int, bytes]], records: list[Any], public: Any) -> Any:
+def memory_verify(events: list[tuple[int, bytes, bytes]], records: list[Any], public: Any) -> Any:
     from psvis.signing import key_id
     from psvis.verify import LogVerifier
 
@@ -116,7 +117,7 @@ def memory_verify(events: list[tuple[int, bytes]], records: list[Any], public: A
 
 def memory_sha(events: list[tuple[int, bytes]]) -> int:
     sha256 = hashlib.sha256
-    for _, data in events:
+    for _, data, _ in events:
         sha256(b"\x00" + data).digest()
     return len(events)
 

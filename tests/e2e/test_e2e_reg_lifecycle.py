@@ -54,13 +54,31 @@ async def test_reg5_failed_acceptance_rectification_reacceptance(clients):
     await accept(clients.unit, sid, "2024-01-15", passed=False)
     assert (await get(clients.unit, sid)).state == "rectification"
     await expect(use(clients.unit, sid), REFUSED, "Wuhan 8 para 2")
-    await expect(accept(clients.unit, sid, "2024-01-20"), REFUSED, "Wuhan 8 para 2")
+    await expect(
+        accept(clients.unit, sid, "2024-01-20"), REFUSED, "is rectification", "REG-5 lifecycle"
+    )
+    assert await version(clients.unit, sid) == 4  # nothing recorded: no rule refused it
     await clients.unit.CompleteRectification(reg.CompleteRectificationRequest(
         system_id=sid, rectification=reg.RectificationCompleted(completed_on="2024-01-25")))  # fmt: skip
     await accept(clients.unit, sid, "2024-01-30")
     await use(clients.unit, sid, "2024-02-01")
     view = await get(clients.unit, sid)
     assert (view.state, view.accepted_on) == ("in_use", "2024-01-30")
+
+
+async def test_reg5_steps_out_of_order_cite_the_lifecycle_not_a_city_rule(clients):
+    """A step the system is past is not refused by any article: nothing cited, nothing recorded."""
+    sid = await register(clients.unit)
+    await into_use(clients.unit, sid)
+    v = await version(clients.unit, sid)
+    for call, what in [
+        (use(clients.unit, sid, "2024-03-01"), "going into use"),
+        (review(clients.unit, sid), "a design review"),
+        (accept(clients.unit, sid, "2024-03-01"), "acceptance"),
+    ]:
+        details = await expect(call, REFUSED, f"is in_use: {what} does not apply", "REG-5")
+        assert "Wuhan" not in details, details
+    assert await version(clients.unit, sid) == v
 
 
 async def test_reg5_failed_acceptance_must_list_defects(clients):
@@ -170,7 +188,7 @@ async def test_reg6_wuhan_removal_then_no_further_commands(clients):
     await remove(clients.unit, sid, reported_on="2024-06-15")
     view = await get(clients.unit, sid)
     assert view.state == "removed" and view.version == 3
-    await expect(build(clients.unit, sid), INVALID, "removed")
+    await expect(build(clients.unit, sid), REFUSED, "removed")
     assert await version(clients.unit, sid) == 3
 
 

@@ -18,6 +18,7 @@ from kernel_fixtures import Log, build_log, note
 from psvis import audit
 from psvis.audit import verify_store
 from psvis.clock import SequentialIds
+from psvis.eventstore.port import StoredRow
 from psvis.eventstore.sqlite import SqliteEventStore
 from psvis.signing import Signer
 
@@ -86,8 +87,8 @@ async def test_aud1_reordered_events_are_found_at_the_first_moved_offset(tmp_pat
     a, b = data_at(tmp_path, 4), data_at(tmp_path, 5)  # different streams: each chain still holds
     tamper(
         tmp_path,
-        ("UPDATE events SET data = ?, event_id = 'x' WHERE position = 4", (b,)),
-        ("UPDATE events SET data = ?, event_id = 'y' WHERE position = 5", (a,)),
+        ("UPDATE events SET data = ?, stream_id = 'x' WHERE position = 4", (b,)),
+        ("UPDATE events SET data = ?, stream_id = 'y' WHERE position = 5", (a,)),
     )
     report = await verify(log)
     assert not report["ok"] and report["failure"]["offset"] == 4
@@ -100,7 +101,7 @@ async def test_aud1_inserted_event_is_found(tmp_path: Path) -> None:
         tmp_path,
         ("UPDATE events SET position = position + 1000 WHERE position >= 6", ()),
         ("UPDATE events SET position = position - 999 WHERE position >= 1006", ()),
-        ("INSERT INTO events VALUES (6, 'forged', 1, 'forged-1', ?)", (copy,)),
+        ("INSERT INTO events VALUES (6, 'forged', ?)", (copy,)),
     )
     report = await verify(log)
     assert not report["ok"] and report["failure"]["offset"] == 6
@@ -112,6 +113,17 @@ async def test_aud1_truncated_log_is_found(tmp_path: Path) -> None:
     report = await verify(log)
     assert not report["ok"] and report["failure"]["check"] == "truncated"
     assert report["failure"]["offset"] == 28
+
+
+async def test_aud1_an_event_filed_under_another_stream_is_found(tmp_path: Path) -> None:
+    """The bytes are intact, but the table's stream column (which replay's workers and the
+    stream index go by) says another stream: verify names the row."""
+    log = await build_log(tmp_path)
+    tamper(tmp_path, ("UPDATE events SET stream_id = 's-2' WHERE position = 7", ()))
+    report = await verify(log)
+    assert not report["ok"]
+    assert (report["failure"]["offset"], report["failure"]["check"]) == (7, "stream-column")
+    assert "s-1 v3 is filed under stream 's-2'" in report["failure"]["detail"]
 
 
 async def test_aud1_forged_checkpoint_signature_fails(tmp_path: Path) -> None:
@@ -235,7 +247,7 @@ async def test_aud2_a_verify_that_fails_leaves_no_worker_behind(tmp_path: Path) 
     class Failing:
         log_id = log.store.log_id
 
-        async def read_page_bytes(self, after: int, limit: int) -> list[tuple[int, bytes]]:
+        async def read_page_bytes(self, after: int, limit: int) -> list[StoredRow]:
             raise OSError("disk gone")
 
     with pytest.raises(OSError, match="disk gone"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import sqlite3
 from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -16,6 +17,7 @@ from kernel_fixtures import START, Log, build_log, note
 from psvis.audit import replay
 from psvis.common.v1 import envelope_pb2 as pb
 from psvis.envelope import RecordedEvent
+from psvis.eventstore.port import LogUnreadable
 from psvis.projection import ProjectionRunner, StreamProjection
 from psvis.readstore.port import Document, Write, canonical_digest
 from psvis.readstore.sqlite import SqliteReadStore
@@ -279,6 +281,26 @@ async def test_a_worker_that_fails_fails_the_replay_and_leaves_no_documents(
     reads = SqliteReadStore(SqliteDatabase(into))
     assert await reads.list("notes") == []
     assert not list(tmp_path.glob("psvis-replay-*"))
+
+
+async def test_an_event_filed_under_another_share_s_stream_stops_the_replay(tmp_path: Path) -> None:
+    """Workers pick their events by the table's stream column; the envelope must agree."""
+    log = await build_log(tmp_path, events=40, streams=8)
+    share_of = {f"s-{k}": Share("", 0, 0, 2, None, "").holds(f"s-{k}") for k in range(8)}
+    other = next(s for s, held in share_of.items() if held != share_of["s-3"])
+    conn = sqlite3.connect(tmp_path / "psvis.db")
+    # s-3's last event (an earlier one would also leave a gap that its own worker finds)
+    conn.execute("UPDATE events SET stream_id = ? WHERE position = 35", (other,))
+    conn.commit()
+    conn.close()
+    into = tmp_path / "replayed.db"
+    with pytest.raises(LogUnreadable, match=r"offset 35 is filed under another stream .*\(s-3\)"):
+        await replay(log.store, PROJECTIONS, ["notes"], workers=2, into=into)
+    assert await SqliteReadStore(SqliteDatabase(into)).list("notes") == []
+    alone = await replay(log.store, PROJECTIONS, ["notes"], workers=1)  # goes by the envelopes
+    found = await alone.reads.get("notes", "3")  # s-3's document
+    assert found is not None and found[0]["notes"] == 5
+    await alone.db.close()
 
 
 @pytest.mark.parametrize("workers", [0, 9])

@@ -89,6 +89,48 @@ async def test_an_index_flushed_in_part_and_a_tail_in_memory_agree(tmp_path: Pat
         await db.close()
 
 
+async def test_a_log_of_the_older_table_shape_is_rewritten_and_reads_the_same(
+    tmp_path: Path,
+) -> None:
+    """Logs written when the events table also held version and event_id columns."""
+    db, store = open_store(tmp_path / "psvis.db")
+    versions = await fill(store, streams=4, rounds=5)
+    before = await store.read_page(-1, 1000)
+    await store.close()
+    await db.close()
+    conn = sqlite3.connect(tmp_path / "psvis.db")
+    conn.executescript(
+        """
+        ALTER TABLE events RENAME TO events_now;
+        CREATE TABLE events (position INTEGER PRIMARY KEY, stream_id TEXT NOT NULL,
+            version INTEGER NOT NULL, event_id TEXT NOT NULL, data BLOB NOT NULL);
+        DROP TABLE stream_index; DROP TABLE stream_index_state; DROP TABLE streams;
+        """
+    )
+    for e in before:
+        conn.execute(
+            "INSERT INTO events VALUES (?, ?, ?, ?, ?)",
+            (e.position, e.stream_id, e.version, e.event_id, e.data),
+        )
+    conn.execute("DROP TABLE events_now")
+    conn.commit()
+    conn.close()
+
+    db, store = open_store(tmp_path / "psvis.db", prefix="later")
+    try:
+        columns = store._conn.execute("SELECT name FROM pragma_table_info('events')").fetchall()
+        assert columns == [("position",), ("stream_id",), ("data",)]
+        assert await store.read_page(-1, 1000) == before
+        assert await store.read_stream("s-1") == [e for e in before if e.stream_id == "s-1"]
+        (added,) = await store.append("s-1", versions["s-1"], [event("after the rewrite")])
+        assert (added.position, added.version) == (len(before), versions["s-1"] + 1)
+        report = await verify_store(store, SqliteCheckpointStore(db), [])
+        assert report.ok and report.events_checked == len(before) + 1, report
+    finally:
+        await store.close()
+        await db.close()
+
+
 async def test_two_stores_on_one_file_see_each_others_appends(tmp_path: Path) -> None:
     """Another process appended: this writer learns it before deciding."""
     db_a, a = open_store(tmp_path / "psvis.db", "a")

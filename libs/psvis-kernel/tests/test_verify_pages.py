@@ -21,7 +21,7 @@ from psvis.verify import LogVerifier, _Stop
 
 LOG = "psvis.events/0"
 SIGNER = Signer(Ed25519PrivateKey.generate())
-Events = list[tuple[int, bytes]]
+Events = list[tuple[int, bytes, bytes | None]]  # StoredRow
 
 
 def envelope(i: int, stream: str, version: int, prev: bytes) -> bytes:
@@ -43,7 +43,7 @@ def honest_log(n: int, streams: int) -> Events:
         version, prev = heads.get(stream, (0, b""))
         data = envelope(i, stream, version + 1, prev)
         heads[stream] = (version + 1, event_hash(data))
-        events.append((i, data))
+        events.append((i, data, stream.encode()))
     return events
 
 
@@ -52,7 +52,7 @@ def notarise(events: Events, size: int, every: int) -> list[CheckpointRecord]:
     tree, records = MerkleTree(), []
     clock = FixedClock(datetime(2024, 3, 1, tzinfo=UTC))
     for start in range(0, size, every):
-        leaves = [event_hash(data) for _, data in events[start : min(size, start + every)]]
+        leaves = [event_hash(data) for _, data, _ in events[start : min(size, start + every)]]
         tree.extend(leaves)
         signed = sign_checkpoint(SIGNER, LOG, tree, clock)
         records.append(CheckpointRecord(LOG, tree.size, signed, b"".join(leaves), b""))
@@ -62,7 +62,7 @@ def notarise(events: Events, size: int, every: int) -> list[CheckpointRecord]:
 def reference(events: Events, ledger: bytes, notarised: int) -> tuple[int, str] | None:
     """The checks of AUD-1/AUD-2 one event at a time, written the plain way."""
     heads: dict[str, tuple[int, bytes]] = {}
-    for expected, (offset, data) in enumerate(events):
+    for expected, (offset, data, filed_under) in enumerate(events):
         if offset != expected:
             return expected, "offset"
         leaf = event_hash(data)
@@ -77,6 +77,8 @@ def reference(events: Events, ledger: bytes, notarised: int) -> tuple[int, str] 
             return expected, "stream-version"
         if env.prev_hash != prev:
             return expected, "prev-hash"
+        if filed_under is not None and filed_under != env.stream_id.encode():
+            return expected, "stream-column"
         heads[env.stream_id] = (env.stream_version, leaf)
     if len(events) < notarised:
         return len(events), "truncated"
@@ -103,18 +105,23 @@ def outcome(verifier: LogVerifier) -> tuple[int, str] | None:
 def tampered(events: Events, how: str, rng: random.Random) -> Events:
     out = list(events)
     i, j = rng.randrange(len(out)), rng.randrange(len(out))
-    position, data = out[i]
+    position, data, filed_under = out[i]
     if how == "flip":
         at = rng.randrange(len(data))
-        out[i] = (position, data[:at] + bytes([data[at] ^ 1 << rng.randrange(8)]) + data[at + 1 :])
+        flipped = data[:at] + bytes([data[at] ^ 1 << rng.randrange(8)]) + data[at + 1 :]
+        out[i] = (position, flipped, filed_under)
     elif how == "garbage":
-        out[i] = (position, rng.randbytes(rng.randrange(1, 40)))
+        out[i] = (position, rng.randbytes(rng.randrange(1, 40)), filed_under)
     elif how == "cut":
-        out[i] = (position, data[: rng.randrange(len(data))])
+        out[i] = (position, data[: rng.randrange(len(data))], filed_under)
     elif how == "delete":
         del out[i]
-    elif how == "swap-bytes":
-        out[i], out[j] = (position, out[j][1]), (out[j][0], data)
+    elif how == "swap-bytes":  # the envelopes trade places, each row keeping its stream column
+        out[i], out[j] = (position, out[j][1], filed_under), (out[j][0], data, out[j][2])
+    elif how == "swap-filed":  # each row moves whole, with its stream column
+        out[i], out[j] = (position, out[j][1], out[j][2]), (out[j][0], data, filed_under)
+    elif how == "refile":
+        out[i] = (position, data, rng.choice([b"s-other", b"\xff", filed_under + b" "]))
     elif how == "swap-rows":
         out[i], out[j] = out[j], out[i]
     elif how == "duplicate":
@@ -124,11 +131,22 @@ def tampered(events: Events, how: str, rng: random.Random) -> Events:
     elif how == "reversion":
         env = pb.EventEnvelope.FromString(data)
         env.stream_version += rng.choice([-1, 1, 2])
-        out[i] = (position, env.SerializeToString())
+        out[i] = (position, env.SerializeToString(), filed_under)
     return out
 
 
-HOW = ["flip", "garbage", "cut", "delete", "swap-bytes", "swap-rows", "duplicate", "truncate"]
+HOW = [
+    "flip",
+    "garbage",
+    "cut",
+    "delete",
+    "swap-bytes",
+    "swap-filed",
+    "swap-rows",
+    "duplicate",
+    "truncate",
+    "refile",
+]
 
 
 @given(
@@ -159,7 +177,7 @@ def test_pages_name_the_same_first_failure_as_one_by_one(
 def test_a_malformed_envelope_in_the_tail_fails_decode_at_its_offset() -> None:
     events = honest_log(20, 3)
     records = notarise(events, 10, 5)
-    events[14] = (14, events[14][1][:-5])  # a length that runs past the end
+    events[14] = (14, events[14][1][:-5], b"s-2")  # a length that runs past the end
     report = verify(events, records, page=6).report
     assert not report.ok and report.failure is not None
     assert (report.failure.offset, report.failure.check) == (14, "decode")
@@ -178,9 +196,9 @@ def test_fields_in_unusual_order_and_unknown_fields_verify_as_the_decoder_reads_
         + b"\x9a\x06\x03xyz"  # field 99, length-delimited
     )
     assert pb.EventEnvelope.FromString(second).stream_version == 2
-    events = [(0, first), (1, second)]
+    events: Events = [(0, first, b"s"), (1, second, None)]
     assert verify(events, [], page=2).report.ok
-    relinked = [(0, first), (1, second.replace(event_hash(first), bytes(32)))]
+    relinked: Events = [(0, first, b"s"), (1, second.replace(event_hash(first), bytes(32)), b"s")]
     assert outcome(verify(relinked, [], page=2)) == (1, "prev-hash")
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from psvis.decision import Accepted, Refused
-from psvis.errors import InvalidArgument, NotFound
+from psvis.errors import FailedPrecondition, InvalidArgument, NotFound
 from psvis.registry.v1 import registry_pb2 as reg
 from psvis.rulepack import RulePack, check_requirements, load_pack
 from psvis_registry import rules
@@ -77,7 +77,8 @@ def test_reg5_failed_acceptance_needs_rectification_then_reacceptance(pack: Rule
     state = registered(pack, reg.ConstructionCompleted(completed_on="2024-02-01"),
                        reg.AcceptanceRecorded(passed=False, accepted_on="2024-02-05", defects=["blind spot"]))  # fmt: skip
     again = reg.AcceptanceRecorded(passed=True, accepted_on="2024-02-06")
-    assert isinstance(rules.record_acceptance(state, again, pack), Refused)
+    with pytest.raises(FailedPrecondition, match="is rectification: acceptance does not apply"):
+        rules.record_acceptance(state, again, pack)
     evolve(state, reg.RectificationCompleted(completed_on="2024-02-08"))
     assert isinstance(rules.record_acceptance(state, again, pack), Accepted)
 

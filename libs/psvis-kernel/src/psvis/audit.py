@@ -16,7 +16,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from psvis.checkpoints import CheckpointStore
-from psvis.eventstore.port import LogSource, LogUnreadable
+from psvis.eventstore.port import LogSource, LogUnreadable, StoredRow
 from psvis.projection import StreamProjection
 from psvis.readstore.port import ReadStore, canonical_digest
 from psvis.readstore.sqlite import SqliteReadStore
@@ -177,13 +177,11 @@ async def _check_events(
         page = await upcoming
 
 
-def _page_bytes(
-    events: LogSource,
-) -> Callable[[int, int], Awaitable[list[tuple[int, bytes]]]]:
-    """(position, stored bytes) pages from a store that only offers read_page."""
+def _page_bytes(events: LogSource) -> Callable[[int, int], Awaitable[list[StoredRow]]]:
+    """Pages of a store that only offers read_page, and keeps nothing beside the envelope."""
 
-    async def read(after: int, limit: int) -> list[tuple[int, bytes]]:
-        return [(e.position, e.data) for e in await events.read_page(after, limit)]
+    async def read(after: int, limit: int) -> list[StoredRow]:
+        return [(e.position, e.data, None) for e in await events.read_page(after, limit)]
 
     return read
 

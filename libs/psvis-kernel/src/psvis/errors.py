@@ -56,6 +56,11 @@ class ConcurrencyConflict(PsvisError):
         self.actual = actual
 
 
+class FailedPrecondition(PsvisError):
+    """The command does not apply to the aggregate as it stands (a lifecycle step out of order,
+    a removed system). No rule refused it, so none is cited and nothing is recorded."""
+
+
 class RuleRefusal(PsvisError):
     """A command the rule pack refuses; the refusal itself is recorded as an event."""
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from psvis.envelope import RecordedEvent
+from psvis.eventstore.port import LogUnreadable
 from psvis.projection import PagedLog, ProjectionRunner, StreamProjection
 from psvis.readstore.port import ReadStore
 from psvis.readstore.sqlite import SqliteReadStore
@@ -174,6 +175,8 @@ async def _answers(
                 process.join()
             if answer is not None:
                 outcome, value = answer
+                if outcome == "unreadable":
+                    raise LogUnreadable(value)
                 if outcome != "done":
                     raise ReplayWorkerError(f"replay worker {k} failed:\n{value}")
                 answers[k] = int(value)
@@ -195,6 +198,8 @@ def _work(
     try:
         position = asyncio.run(_fold_share(share, projections, through))
         send.send(("done", position))
+    except LogUnreadable as e:  # the log, not the worker, is at fault: no traceback
+        send.send(("unreadable", str(e)))
     except BaseException:
         send.send(("failed", traceback.format_exc()))
     finally:
@@ -217,7 +222,9 @@ class SharedLog:
     """One share's events: those of its streams at log positions 0..share.last.
 
     The share is picked in SQLite (share.holds as an SQL function, remembered per stream), so
-    other shares' rows are never built in Python.
+    other shares' rows are never built in Python. It goes by the table's stream_id column; each
+    event's envelope must agree, or the replay stops (LogUnreadable): an event filed under
+    another share's stream would be folded by the wrong worker.
     """
 
     def __init__(self, db: SqliteDatabase, share: Share, through: Any) -> None:
@@ -233,21 +240,28 @@ class SharedLog:
             return answer
 
         db.run_sync(lambda c: c.create_function("psvis_share_holds", 1, held, deterministic=True))
+        self._holds = holds  # every stream id the page query has seen, and whether it is held
 
     async def read_page(self, after: int, limit: int) -> list[RecordedEvent]:
         rows = await self._db.run(functools.partial(self._page, after=after, limit=limit))
         # how far through the log this share has read (all of it, once the page is empty)
         self._through[self._share.part] = rows[-1][0] + 1 if rows else self._share.last + 1
-        return list(map(RecordedEvent.from_row, rows))
+        stored, held = RecordedEvent.stored, self._holds.get
+        events = [stored(position, data) for position, data in rows]
+        if not all([held(e.stream_id) for e in events]):
+            stray = next(e for e in events if not held(e.stream_id))
+            raise LogUnreadable(
+                f"the event at offset {stray.position} is filed under another stream than its"
+                f" envelope's ({stray.stream_id})"
+            )
+        return events
 
     async def wait_for_append(self, timeout: float) -> None:
         """A share is a fixed prefix of the log: nothing is appended to it."""
 
-    def _page(
-        self, conn: sqlite3.Connection, after: int, limit: int
-    ) -> list[tuple[int, str, int, str, bytes]]:
+    def _page(self, conn: sqlite3.Connection, after: int, limit: int) -> list[tuple[int, bytes]]:
         return conn.execute(
-            "SELECT position, stream_id, version, event_id, data FROM events"
+            "SELECT position, data FROM events"
             " WHERE position > ? AND position <= ? AND psvis_share_holds(stream_id)"
             " ORDER BY position LIMIT ?",
             (after, self._share.last, limit),

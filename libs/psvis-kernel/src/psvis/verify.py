@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import hashlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from itertools import islice
@@ -15,8 +14,11 @@ from google.protobuf.message import DecodeError
 
 from psvis.checkpoints import CheckpointRecord
 from psvis.common.v1 import envelope_pb2 as pb
+from psvis.envelope import event_hash
+from psvis.eventstore.port import StoredRow
 from psvis.merkle import MerkleTree
 from psvis.signing import verify_signature
+from psvis.validate import shown
 
 
 @dataclass(frozen=True)
@@ -174,24 +176,24 @@ class LogVerifier:
         """The store failed to give the events from self._next on (or the checkpoints)."""
         self._fail(self._next, "storage", detail)
 
-    def check_event(self, offset: int, data: bytes) -> None:
-        self.check_page(((offset, data),))
+    def check_event(self, offset: int, data: bytes, filed_under: bytes | None = None) -> None:
+        self.check_page(((offset, data, filed_under),))
 
-    def check_page(self, page: Sequence[tuple[int, bytes]]) -> None:
-        """Check (offset, stored bytes) pairs that follow the events checked so far.
+    def check_page(self, page: Sequence[StoredRow]) -> None:
+        """Check stored events (StoredRow) that follow the events checked so far.
 
         This is where `audit verify` spends its time, so the work is shaped for CPython:
-        the leaf hashes of the page in one comprehension (the leaf is also the link,
+        the leaf hashes of the page in one map (the leaf is also the link,
         AUD-1), the offsets and the notarised leaves compared as whole lists and byte
         strings, then one loop that decodes each envelope and follows its stream. When
         something is wrong the fast path only stops; _explain names the check that fails,
         in the order a plain event-by-event check would have found it.
         """
-        sha256, decode, heads = hashlib.sha256, pb.EventEnvelope.FromString, self._heads
-        leaves = [sha256(b"\x00" + data).digest() for _, data in page]  # envelope.event_hash
+        decode, heads = pb.EventEnvelope.FromString, self._heads
+        leaves = list(map(event_hash, [data for _, data, _ in page]))
         placed = self._placed(page, leaves)
         checked = self._next
-        for (_, data), leaf in islice(zip(page, leaves, strict=True), placed):
+        for (_, data, filed_under), leaf in islice(zip(page, leaves, strict=True), placed):
             try:
                 env = decode(data)
             except DecodeError:
@@ -200,18 +202,20 @@ class LogVerifier:
             last, prev = heads.get(stream, _NO_HEAD)
             if version != last + 1 or env.prev_hash != prev:
                 break
+            if filed_under is not None and filed_under != stream.encode():
+                break
             heads[stream] = (version, leaf)
             checked += 1
         i = checked - self._next
         self._next = checked
         if i < len(page):
-            self._explain(page[i][0], page[i][1], leaves[i])
+            self._explain(*page[i], leaves[i])
 
-    def _placed(self, page: Sequence[tuple[int, bytes]], leaves: list[bytes]) -> int:
+    def _placed(self, page: Sequence[StoredRow], leaves: list[bytes]) -> int:
         """How many events, from the page's first, are at their offset and match the ledger."""
         start, ledger = self._next, self._leaves
         notarised = min(start + len(page), max(start, self._notarised))
-        offsets = [offset for offset, _ in page]
+        offsets = [row[0] for row in page]
         if (
             offsets == list(range(start, start + len(page)))
             and b"".join(leaves[: notarised - start]) == ledger[32 * start : 32 * notarised]
@@ -223,7 +227,7 @@ class LogVerifier:
                 return i
         return len(page)
 
-    def _explain(self, found: int, data: bytes, leaf: bytes) -> NoReturn:
+    def _explain(self, found: int, data: bytes, filed_under: bytes | None, leaf: bytes) -> NoReturn:
         """The first check that the event at self._next fails, found the slow way."""
         offset = self._next
         if found != offset:
@@ -251,6 +255,14 @@ class LogVerifier:
                 "prev-hash",
                 f"{stream} v{stream_version}: link to the previous event is broken",
             )
+        if filed_under is not None and filed_under != stream.encode():
+            # what replay and the stream index would be misled by, though the bytes are intact
+            self._fail(
+                offset,
+                "stream-column",
+                f"{stream} v{stream_version} is filed under stream"
+                f" {shown(filed_under.decode(errors='replace'))} in the log's table",
+            )
         raise AssertionError(f"offset {offset} passes every check the page loop stopped at")
 
     def finish(self) -> None:
@@ -271,7 +283,7 @@ class LogVerifier:
 
 def verify_log(
     log_id: str,
-    events: Iterable[tuple[int, bytes]],
+    events: Iterable[tuple[int, bytes]],  # (offset, stored bytes)
     checkpoints: Sequence[CheckpointRecord],
     keys: dict[str, Ed25519PublicKey],
     progress: Callable[[int], None] | None = None,

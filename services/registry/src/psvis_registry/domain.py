@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from google.protobuf.message import Message
 from psvis.decision import Aggregate, Refused
-from psvis.errors import InvalidArgument, NotFound
+from psvis.errors import FailedPrecondition, InvalidArgument, NotFound
 from psvis.registry.v1 import registry_pb2 as reg
 from psvis.validate import shown
 
@@ -16,6 +16,10 @@ PLANNED, REVIEWED, REJECTED = "planned", "design_reviewed", "design_rejected"
 BUILT, ACCEPTED, RECTIFICATION, RECTIFIED = "built", "accepted", "rectification", "rectified"
 IN_USE, REMOVED = "in_use", "removed"
 ACCEPTANCE_READY = frozenset({BUILT, RECTIFIED})
+LIFECYCLE = (
+    "planned, design reviewed, built, accepted (a failed acceptance: rectification, then"
+    " acceptance again), in use"
+)
 STATES = frozenset(
     {PLANNED, REVIEWED, REJECTED, BUILT, ACCEPTED, RECTIFICATION, RECTIFIED, IN_USE, REMOVED}
 )
@@ -38,7 +42,9 @@ class SystemState:
     def require_not_removed(self, command: str) -> None:
         self.require_registered()
         if self.state == REMOVED:
-            raise InvalidArgument(f"system {self.system_id} was removed; {command} does not apply")
+            raise FailedPrecondition(
+                f"system {self.system_id} was removed; {command} does not apply"
+            )
 
     def require_camera(self, camera_id: str) -> None:
         if camera_id not in self.cameras:

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import re
 from datetime import date, timedelta
+from typing import NoReturn
 
 from psvis import validate as v
 from psvis.decision import Accepted, Decision, Refused
-from psvis.errors import InvalidArgument
+from psvis.errors import FailedPrecondition, InvalidArgument
 from psvis.registry.v1 import registry_pb2 as reg
 from psvis.rulepack import ParamSpec, RulePack
 
 from psvis_registry.domain import (
     ACCEPTANCE_READY,
     ACCEPTED,
+    IN_USE,
+    LIFECYCLE,
     PLANNED,
     RECTIFICATION,
     REJECTED,
@@ -133,7 +136,7 @@ def review_design(state: SystemState, cmd: reg.DesignReviewed, pack: RulePack) -
     state.require_not_removed("a design review")
     v.need_date(cmd.reviewed_on, "review.reviewed_on")
     if state.state not in (PLANNED, REJECTED):
-        return _out_of_order("RecordDesignReview", state, pack, "a design review")
+        _out_of_order(state, "a design review")
     return Accepted(cmd)
 
 
@@ -158,7 +161,7 @@ def record_acceptance(state: SystemState, cmd: reg.AcceptanceRecorded, pack: Rul
     if not cmd.passed and not cmd.defects:
         raise InvalidArgument("acceptance.defects: a failed acceptance lists its defects")
     if state.state not in ACCEPTANCE_READY:
-        return _out_of_order("RecordAcceptance", state, pack, "acceptance")
+        _out_of_order(state, "acceptance")
     return Accepted(cmd)
 
 
@@ -168,13 +171,15 @@ def complete_rectification(
     state.require_not_removed("rectification")
     v.need_date(cmd.completed_on, "rectification.completed_on")
     if state.state != RECTIFICATION:
-        return _out_of_order("CompleteRectification", state, pack, "rectification")
+        _out_of_order(state, "rectification")
     return Accepted(cmd)
 
 
 def put_into_use(state: SystemState, cmd: reg.SystemPutIntoUse, pack: RulePack) -> Decision:
     state.require_not_removed("going into use")
     v.need_date(cmd.in_use_on, "use.in_use_on")
+    if state.state == IN_USE:
+        _out_of_order(state, "going into use")
     if state.state != ACCEPTED:  # REG-5: nothing goes into use without passed acceptance
         rule = pack.rule("lifecycle.acceptance_before_use")
         reason = f"system {state.system_id} is {state.state}, not accepted"
@@ -182,9 +187,12 @@ def put_into_use(state: SystemState, cmd: reg.SystemPutIntoUse, pack: RulePack) 
     return Accepted(cmd)
 
 
-def _out_of_order(command: str, state: SystemState, pack: RulePack, what: str) -> Refused:
-    rule = pack.rule("lifecycle.acceptance_before_use")
-    return Refused(command, rule.cite(f"{what} does not apply to a system that is {state.state}"))
+def _out_of_order(state: SystemState, what: str) -> NoReturn:
+    """A lifecycle step the system is past, or not yet at (REG-5's order, not a city's rule)."""
+    raise FailedPrecondition(
+        f"system {state.system_id} is {state.state}: {what} does not apply"
+        f" (REG-5 lifecycle: {LIFECYCLE})"
+    )
 
 
 def file_change(state: SystemState, cmd: reg.ChangeFiled, pack: RulePack) -> Decision:

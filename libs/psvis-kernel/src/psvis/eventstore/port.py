@@ -13,6 +13,11 @@ class LogUnreadable(Exception):
     """The stored log, or its checkpoints, cannot be read (a damaged file): audit reports it."""
 
 
+# an event as audit verify reads it: (position, stored bytes, the stream id the store files the
+# event under apart from its envelope, or None where the store keeps none)
+StoredRow = tuple[int, bytes, bytes | None]
+
+
 class LogSource(Protocol):
     """What an audit reads: the log in order, as stored."""
 

@@ -16,7 +16,7 @@ from google.protobuf.message import DecodeError
 from psvis.clock import Clock, IdSource
 from psvis.envelope import NewEvent, RecordedEvent, seal_stream
 from psvis.errors import ConcurrencyConflict
-from psvis.eventstore.port import LogUnreadable, StreamHead
+from psvis.eventstore.port import LogUnreadable, StoredRow, StreamHead
 from psvis.eventstore.sqlite_index import StreamIndex
 from psvis.sqlite_db import SqliteDatabase, WalCheckpointer, connect, in_transaction
 
@@ -26,19 +26,43 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     position INTEGER PRIMARY KEY,
     stream_id TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    event_id TEXT NOT NULL,
     data BLOB NOT NULL
 );
 """
+# The log is the envelopes' bytes. stream_id repeats the envelope's, so that replay workers can
+# pick their streams in SQL; audit verify checks that it does (PAGE_BYTES reads it). Everything
+# else about an event (version, id) is read from its envelope.
 
-INSERT = "INSERT INTO events (position, stream_id, version, event_id, data) VALUES (?, ?, ?, ?, ?)"
-# (position, stored bytes) of a page, as audit verify reads them: a damaged row's value that is
-# not a blob comes as the bytes of its text (and fails its hash), a NULL as no bytes
+INSERT = "INSERT INTO events (position, stream_id, data) VALUES (?, ?, ?)"
+# (position, stored bytes, stored stream id) of a page, as audit verify reads them: a damaged
+# row's value that is not a blob comes as the bytes of its text (and fails its check), a NULL
+# data as no bytes and a NULL stream id as None
 PAGE_BYTES = (
-    "SELECT position, COALESCE(CAST(data AS BLOB), x'') FROM events"
+    "SELECT position, COALESCE(CAST(data AS BLOB), x''), CAST(stream_id AS BLOB) FROM events"
     " WHERE position > ? ORDER BY position LIMIT ?"
 )
+# a log written before the events table lost its version and event_id columns
+_OLD_COLUMNS = {"position", "stream_id", "version", "event_id", "data"}
+
+
+def upgrade_schema(conn: sqlite3.Connection) -> None:
+    """Create the events table, or rewrite one of the older shape (same rows, fewer columns)."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(events)")}
+    if columns != _OLD_COLUMNS:
+        conn.executescript(SCHEMA)
+        return
+
+    def rewrite(c: sqlite3.Connection) -> None:
+        c.execute(SCHEMA.replace("IF NOT EXISTS events", "events_upgraded"))
+        c.execute(
+            "INSERT INTO events_upgraded (position, stream_id, data)"
+            " SELECT position, stream_id, data FROM events ORDER BY position"
+        )
+        c.execute("DROP TABLE events")
+        c.execute("ALTER TABLE events_upgraded RENAME TO events")
+
+    log.info("rewriting the events table without its version and event_id columns")
+    in_transaction(conn, rewrite)
 
 
 @dataclass
@@ -77,7 +101,7 @@ class SqliteEventStore:
             # the appender's own connection would open a second, separate in-memory database
             raise ValueError("the embedded event store needs a database file, not :memory:")
         self._conn = connect(db.path)
-        self._conn.executescript(SCHEMA)
+        upgrade_schema(self._conn)
         self._index = StreamIndex(self._conn)
         self._checkpointer = WalCheckpointer(self._conn, db.path)
 
@@ -179,7 +203,7 @@ class SqliteEventStore:
         return results, rows
 
     def _insert(self, rows: list[RecordedEvent]) -> None:
-        values = [(r.position, r.stream_id, r.version, r.event_id, r.data) for r in rows]
+        values = [(r.position, r.stream_id, r.data) for r in rows]
         if len(values) == 1:
             self._conn.execute(INSERT, values[0])  # a transaction of its own
         elif values:
@@ -194,26 +218,27 @@ class SqliteEventStore:
 
     async def read_stream(self, stream_id: str) -> list[RecordedEvent]:
         positions = self._fresh().positions(stream_id)
-        rows: list[tuple[int, str, int, str, bytes]] = []
+        events: list[RecordedEvent] = []
         for start in range(0, len(positions), 500):
             chunk = positions[start : start + 500]
-            rows += self._conn.execute(
-                "SELECT position, stream_id, version, event_id, data FROM events"
-                f" WHERE position IN ({','.join('?' * len(chunk))}) ORDER BY position",
-                chunk,
-            ).fetchall()
-        return list(map(RecordedEvent.from_row, rows))
+            events += _stored(
+                self._conn.execute(
+                    "SELECT position, data FROM events"
+                    f" WHERE position IN ({','.join('?' * len(chunk))}) ORDER BY position",
+                    chunk,
+                ).fetchall()
+            )
+        return events
 
-    async def read_page_bytes(self, after: int, limit: int) -> list[tuple[int, bytes]]:
-        """(position, stored bytes) of up to `limit` events after `after`: what audit verify reads."""
+    async def read_page_bytes(self, after: int, limit: int) -> list[StoredRow]:
+        """Up to `limit` events after `after`, as audit verify reads them (PAGE_BYTES)."""
         return await self._db.run(lambda c: c.execute(PAGE_BYTES, (after, limit)).fetchall())
 
     async def head(self, stream_id: str) -> StreamHead:
         return self._fresh().head(stream_id)
 
     async def read_page(self, after: int, limit: int) -> list[RecordedEvent]:
-        rows = await self._db.run(lambda c: _log_page(c, after, limit))
-        return list(map(RecordedEvent.from_row, rows))
+        return _stored(await self._db.run(lambda c: _log_page(c, after, limit)))
 
     async def wait_for_append(self, timeout: float) -> None:
         """Woken by appends in this process; other processes' appends are seen on timeout."""
@@ -235,14 +260,17 @@ class SqliteEventStore:
             self._conn.close()
 
 
-def _log_page(
-    conn: sqlite3.Connection, after: int, limit: int
-) -> list[tuple[int, str, int, str, bytes]]:
+def _log_page(conn: sqlite3.Connection, after: int, limit: int) -> list[tuple[int, bytes]]:
     return conn.execute(
-        "SELECT position, stream_id, version, event_id, data FROM events"
-        " WHERE position > ? ORDER BY position LIMIT ?",
+        "SELECT position, data FROM events WHERE position > ? ORDER BY position LIMIT ?",
         (after, limit),
     ).fetchall()
+
+
+def _stored(rows: list[tuple[int, bytes]]) -> list[RecordedEvent]:
+    """The events of (position, data) rows, each read from its envelope."""
+    stored = RecordedEvent.stored
+    return [stored(position, data) for position, data in rows]
 
 
 class SqliteLogReader:
@@ -257,12 +285,12 @@ class SqliteLogReader:
         self.path = db.path
         self.log_id = log_id
 
-    async def read_page_bytes(self, after: int, limit: int) -> list[tuple[int, bytes]]:
+    async def read_page_bytes(self, after: int, limit: int) -> list[StoredRow]:
         return await self._read(PAGE_BYTES, (after, limit))
 
     async def read_page(self, after: int, limit: int) -> list[RecordedEvent]:
         events = []
-        for position, data in await self.read_page_bytes(after, limit):
+        for position, data, _ in await self.read_page_bytes(after, limit):
             try:
                 events.append(RecordedEvent.stored(position, data))
             except DecodeError:

@@ -1,8 +1,8 @@
 """Where each stream's events sit in the embedded log, kept off the append path.
 
 An append writes one row to `events` and nothing else. Which positions belong to which stream is
-derived from the log: durable in `stream_index` up to position `upto`, and held in memory for the
-tail after it. The tail is written to `stream_index` in batches (one transaction per `batch`
+derived from the log, from each event's envelope: durable in `stream_index` up to position `upto`,
+and held in memory for the tail after it. The tail is written to `stream_index` in batches (one transaction per `batch`
 events), so the random B-tree pages of a per-stream index are written once per batch instead of
 once per append. The index is never the source of truth: after a crash the tail is learnt again
 from the log, and a log written by another process is learnt the same way.
@@ -16,6 +16,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable, Sequence
 
+from psvis.common.v1.envelope_pb2 import EventEnvelope
 from psvis.envelope import RecordedEvent, event_hash
 from psvis.eventstore.port import StreamHead
 
@@ -39,6 +40,7 @@ CREATE TABLE IF NOT EXISTS stream_index_state (
 # (stream id, version, position) of one event
 Entry = tuple[str, int, int]
 
+_decode = EventEnvelope.FromString
 HEADS_CACHED = 65_536
 NUMBERS_CACHED = 262_144  # stream id -> number in `streams`, about 100 B each
 
@@ -69,13 +71,14 @@ class StreamIndex:
 
     def learn_from_log(self) -> None:
         """Take in the events the log holds beyond `known` (written by another writer)."""
-        rows: list[Entry] = self._conn.execute(
-            "SELECT stream_id, version, position FROM events WHERE position > ? ORDER BY position",
+        rows = self._conn.execute(
+            "SELECT position, data FROM events WHERE position > ? ORDER BY position",
             (self.known,),
-        ).fetchall()
-        for stream_id, _, _ in rows:
-            self._heads.pop(stream_id, None)
-        self._add(rows)
+        )
+        for position, data in rows:  # a page at a time: a log's whole tail may be long
+            env = _decode(data)
+            self._heads.pop(env.stream_id, None)
+            self._add(((env.stream_id, env.stream_version, position),))
 
     def behind(self) -> bool:
         """Whether the log holds events this index has not learnt (another writer's)."""
