@@ -251,7 +251,7 @@ class ProjectionRunner:
             entry = entries[key]
             if event.version <= entry.version:
                 continue  # delivered before: effect exactly once
-            env = pb.EventEnvelope.FromString(event.data)
+            env = event.envelope  # decoded once, by the store that read the event
             if until is not None and _recorded_after(env, until):
                 continue  # AUD-3: not yet in the log at `until`
             if event.version != entry.version + 1:
