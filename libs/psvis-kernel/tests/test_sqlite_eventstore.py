@@ -21,6 +21,7 @@ from psvis.audit import verify_store
 from psvis.checkpoints import SqliteCheckpointStore
 from psvis.clock import FixedClock, SequentialIds
 from psvis.errors import ConcurrencyConflict
+from psvis.eventstore.port import LogUnreadable
 from psvis.eventstore.sqlite import SqliteEventStore
 from psvis.eventstore.sqlite_index import StreamIndex
 from psvis.sqlite_db import SqliteDatabase, WalCheckpointer
@@ -129,6 +130,20 @@ async def test_a_log_of_the_older_table_shape_is_rewritten_and_reads_the_same(
     finally:
         await store.close()
         await db.close()
+
+
+async def test_a_damaged_row_in_the_unindexed_tail_is_named_when_the_store_opens(
+    tmp_path: Path,
+) -> None:
+    db, store = open_store(tmp_path / "psvis.db")
+    await fill(store, streams=2, rounds=3)
+    await db.close()  # the store is not closed: its tail is not in stream_index
+    conn = sqlite3.connect(tmp_path / "psvis.db")
+    conn.execute("UPDATE events SET data = x'ff' WHERE position = 4")
+    conn.commit()
+    conn.close()
+    with pytest.raises(LogUnreadable, match="offset 4 is not an envelope"):
+        open_store(tmp_path / "psvis.db")
 
 
 async def test_two_stores_on_one_file_see_each_others_appends(tmp_path: Path) -> None:

@@ -1,10 +1,10 @@
 """Where each stream's events sit in the embedded log, kept off the append path.
 
 An append writes one row to `events` and nothing else. Which positions belong to which stream is
-derived from the log, from each event's envelope: durable in `stream_index` up to position `upto`,
-and held in memory for the tail after it. The tail is written to `stream_index` in batches (one transaction per `batch`
-events), so the random B-tree pages of a per-stream index are written once per batch instead of
-once per append. The index is never the source of truth: after a crash the tail is learnt again
+derived from the log, from each event's envelope: durable in `stream_index` up to position
+`upto`, and held in memory for the tail after it. The tail is written to `stream_index` in
+batches (one transaction per `batch` events), so the random B-tree pages of a per-stream index
+are written once per batch instead of once per append. The index is never the source of truth: after a crash the tail is learnt again
 from the log, and a log written by another process is learnt the same way.
 
 Stream ids are stored once, in `streams`; the index rows are small integers, so one page holds
@@ -16,9 +16,11 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable, Sequence
 
+from google.protobuf.message import DecodeError
+
 from psvis.common.v1.envelope_pb2 import EventEnvelope
 from psvis.envelope import RecordedEvent, event_hash
-from psvis.eventstore.port import StreamHead
+from psvis.eventstore.port import LogUnreadable, StreamHead
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS streams (
@@ -76,7 +78,13 @@ class StreamIndex:
             (self.known,),
         )
         for position, data in rows:  # a page at a time: a log's whole tail may be long
-            env = _decode(data)
+            try:
+                env = _decode(data)
+            except DecodeError:
+                raise LogUnreadable(
+                    f"the stored event at offset {position} is not an envelope"
+                    " (psvis audit verify names the damage)"
+                ) from None
             self._heads.pop(env.stream_id, None)
             self._add(((env.stream_id, env.stream_version, position),))
 
