@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from psvis.envelope import RecordedEvent
-from psvis.eventstore.port import LogUnreadable
+from psvis.eventstore.port import LogUnreadable, stored_events
 from psvis.projection import PagedLog, ProjectionRunner, StreamProjection
 from psvis.readstore.port import ReadStore
 from psvis.readstore.sqlite import SqliteReadStore
@@ -246,8 +246,8 @@ class SharedLog:
         rows = await self._db.run(functools.partial(self._page, after=after, limit=limit))
         # how far through the log this share has read (all of it, once the page is empty)
         self._through[self._share.part] = rows[-1][0] + 1 if rows else self._share.last + 1
-        stored, held = RecordedEvent.stored, self._holds.get
-        events = [stored(position, data) for position, data in rows]
+        held = self._holds.get
+        events = stored_events(rows)
         if not all([held(e.stream_id) for e in events]):
             stray = next(e for e in events if not held(e.stream_id))
             raise LogUnreadable(

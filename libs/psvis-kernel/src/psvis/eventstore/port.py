@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
+
+from google.protobuf.message import DecodeError
 
 from psvis.envelope import NewEvent, RecordedEvent
 
@@ -66,6 +68,22 @@ class EventStore(Protocol):
     async def log_size(self) -> int: ...
 
     async def close(self) -> None: ...
+
+
+def stored_events(rows: Iterable[tuple[int, bytes]]) -> list[RecordedEvent]:
+    """The events of (position, stored bytes) rows, each read from its envelope.
+
+    Bytes that are not an envelope raise LogUnreadable naming their offset.
+    """
+    stored, events = RecordedEvent.stored, []
+    for position, data in rows:
+        try:
+            events.append(stored(position, data))
+        except DecodeError:
+            raise LogUnreadable(
+                f"the stored event at offset {position} is not an envelope"
+            ) from None
+    return events
 
 
 async def read_log(

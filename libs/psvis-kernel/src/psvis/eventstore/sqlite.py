@@ -11,12 +11,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from google.protobuf.message import DecodeError
-
 from psvis.clock import Clock, IdSource
 from psvis.envelope import NewEvent, RecordedEvent, seal_stream
 from psvis.errors import ConcurrencyConflict
-from psvis.eventstore.port import LogUnreadable, StoredRow, StreamHead
+from psvis.eventstore.port import LogUnreadable, StoredRow, StreamHead, stored_events
 from psvis.eventstore.sqlite_index import StreamIndex
 from psvis.sqlite_db import SqliteDatabase, WalCheckpointer, connect, in_transaction
 
@@ -221,7 +219,7 @@ class SqliteEventStore:
         events: list[RecordedEvent] = []
         for start in range(0, len(positions), 500):
             chunk = positions[start : start + 500]
-            events += _stored(
+            events += stored_events(
                 self._conn.execute(
                     "SELECT position, data FROM events"
                     f" WHERE position IN ({','.join('?' * len(chunk))}) ORDER BY position",
@@ -238,7 +236,7 @@ class SqliteEventStore:
         return self._fresh().head(stream_id)
 
     async def read_page(self, after: int, limit: int) -> list[RecordedEvent]:
-        return _stored(await self._db.run(lambda c: _log_page(c, after, limit)))
+        return stored_events(await self._db.run(lambda c: _log_page(c, after, limit)))
 
     async def wait_for_append(self, timeout: float) -> None:
         """Woken by appends in this process; other processes' appends are seen on timeout."""
@@ -267,12 +265,6 @@ def _log_page(conn: sqlite3.Connection, after: int, limit: int) -> list[tuple[in
     ).fetchall()
 
 
-def _stored(rows: list[tuple[int, bytes]]) -> list[RecordedEvent]:
-    """The events of (position, data) rows, each read from its envelope."""
-    stored = RecordedEvent.stored
-    return [stored(position, data) for position, data in rows]
-
-
 class SqliteLogReader:
     """The embedded log opened read-only, for `audit verify` and `audit replay`.
 
@@ -289,15 +281,9 @@ class SqliteLogReader:
         return await self._read(PAGE_BYTES, (after, limit))
 
     async def read_page(self, after: int, limit: int) -> list[RecordedEvent]:
-        events = []
-        for position, data, _ in await self.read_page_bytes(after, limit):
-            try:
-                events.append(RecordedEvent.stored(position, data))
-            except DecodeError:
-                raise LogUnreadable(
-                    f"the stored event at offset {position} is not an envelope"
-                ) from None
-        return events
+        return stored_events(
+            (position, data) for position, data, _ in await self.read_page_bytes(after, limit)
+        )
 
     async def log_size(self) -> int:
         [(n,)] = await self._read("SELECT COALESCE(MAX(position), -1) + 1 FROM events", ())

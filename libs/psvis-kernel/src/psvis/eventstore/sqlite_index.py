@@ -16,11 +16,8 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable, Sequence
 
-from google.protobuf.message import DecodeError
-
-from psvis.common.v1.envelope_pb2 import EventEnvelope
 from psvis.envelope import RecordedEvent, event_hash
-from psvis.eventstore.port import LogUnreadable, StreamHead
+from psvis.eventstore.port import StreamHead, stored_events
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS streams (
@@ -42,7 +39,7 @@ CREATE TABLE IF NOT EXISTS stream_index_state (
 # (stream id, version, position) of one event
 Entry = tuple[str, int, int]
 
-_decode = EventEnvelope.FromString
+LEARNT_PER_PAGE = 5000  # rows of the log read at a time when learning it
 HEADS_CACHED = 65_536
 NUMBERS_CACHED = 262_144  # stream id -> number in `streams`, about 100 B each
 
@@ -77,16 +74,10 @@ class StreamIndex:
             "SELECT position, data FROM events WHERE position > ? ORDER BY position",
             (self.known,),
         )
-        for position, data in rows:  # a page at a time: a log's whole tail may be long
-            try:
-                env = _decode(data)
-            except DecodeError:
-                raise LogUnreadable(
-                    f"the stored event at offset {position} is not an envelope"
-                    " (psvis audit verify names the damage)"
-                ) from None
-            self._heads.pop(env.stream_id, None)
-            self._add(((env.stream_id, env.stream_version, position),))
+        while page := stored_events(rows.fetchmany(LEARNT_PER_PAGE)):  # a tail may be long
+            for e in page:
+                self._heads.pop(e.stream_id, None)
+            self._add((e.stream_id, e.version, e.position) for e in page)
 
     def behind(self) -> bool:
         """Whether the log holds events this index has not learnt (another writer's)."""
