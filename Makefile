@@ -13,15 +13,18 @@ STAMP   = .venv/.psvis-synced
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' Makefile | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
-$(STAMP): uv.lock pyproject.toml libs/psvis-kernel/pyproject.toml services/registry/pyproject.toml
-	@"$(UV)" sync --frozen --quiet
+# bytecode is compiled when installing (as pip does), so that no command, nor any worker process
+# it starts, compiles the libraries it imports, even where PYTHONDONTWRITEBYTECODE is set
+$(STAMP): uv.lock pyproject.toml libs/psvis-kernel/pyproject.toml services/registry/pyproject.toml Makefile
+	@"$(UV)" sync --frozen --quiet --compile-bytecode
 	@touch $@
 
 setup: $(STAMP) proto ## virtual environment with the pinned dependencies, and generated code
 
-proto: $(STAMP) ## generate the protobuf and gRPC code from proto/
+proto: $(STAMP) ## generate the protobuf and gRPC code from proto/ (and compile the project's bytecode)
 	@$(PY) -m grpc_tools.protoc -Iproto --python_out=$(GEN_DIR) --pyi_out=$(GEN_DIR) \
 	  --grpc_python_out=$(GEN_DIR) $(PROTOS)
+	@$(PY) -m compileall -q -j0 $(GEN_DIR) services/registry/src > /dev/null
 
 run: setup ## start the whole platform embedded (SQLite, loopback, dev certificates)
 	@.venv/bin/psvis serve

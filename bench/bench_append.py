@@ -247,7 +247,7 @@ def sqlite_floor(
     transaction per call, with no sealing, hashing or concurrency check.
     """
     from psvis.eventstore.sqlite import INSERT, SCHEMA
-    from psvis.sqlite_db import connect
+    from psvis.sqlite_conn import connect
 
     state = os.urandom(state_size)
     conn = connect(str(path))

@@ -2,43 +2,71 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import multiprocessing
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kernel_fixtures import Log, build_log, note
-from psvis import audit
+from psvis import audit, workers
 from psvis.audit import verify_store
 from psvis.clock import SequentialIds
 from psvis.eventstore.port import StoredRow
 from psvis.eventstore.sqlite import SqliteEventStore
 from psvis.signing import Signer
+from psvis.workers import WorkerProcess
 
 
-@pytest.fixture(autouse=True, params=["ledger-checked-here", "ledger-checked-in-a-worker"])
+@pytest.fixture(
+    autouse=True, params=["ledger-checked-here", "ledger-checked-in-a-worker", "spans-in-workers"]
+)
 def ledger_worker(
     request: pytest.FixtureRequest,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
-) -> Iterator[bool]:
-    """Every case runs both ways: the report must not depend on where the ledger is checked."""
-    in_worker = request.param.endswith("worker")
-    monkeypatch.setattr(audit, "LEDGER_WORKER_FROM", 1 if in_worker else 10**12)
-    yield in_worker
+) -> Iterator[str]:
+    """Every case runs every way: the report must not depend on where the ledger is checked,
+    nor on the log being checked in spans by worker processes (7-event spans here, so that
+    the 30-event log has five, and two workers, so that this process checks some too)."""
+    monkeypatch.setattr(
+        audit, "LEDGER_WORKER_FROM", 1 if request.param.endswith("worker") else 10**12
+    )
+    spans = request.param == "spans-in-workers"
+    monkeypatch.setattr(audit, "SPANS_FROM", 1 if spans else 10**12)
+    monkeypatch.setattr(audit, "SPAN", 7)
+    monkeypatch.setattr(audit.os, "sched_getaffinity", lambda _: {0, 1, 2})
+    SPANS_CHECKED.clear()
+    if spans:
+        real = audit._check_in_spans
+
+        async def spied(*args: Any, **kwargs: Any) -> None:
+            SPANS_CHECKED.append(args[2])  # the log's size
+            await real(*args, **kwargs)
+
+        monkeypatch.setattr(audit, "_check_in_spans", spied)
+    yield request.param
     if request.node.name.find("no_answer") < 0:
-        assert "ledger worker gave no answer" not in caplog.text  # it ran, where asked to
+        assert "worker gave no answer" not in caplog.text  # it ran, where asked to
+
+
+SPANS_CHECKED: list[int] = []  # the size of each log checked in spans, in spans-in-workers
 
 
 async def verify(log: Log, signer: Signer | None = None) -> dict:
     report = await verify_store(log.store, log.checkpoints, [(signer or log.signer).public])
+    if audit.SPANS_FROM == 1:
+        assert SPANS_CHECKED, "the log was not checked in spans"
     return report.as_dict()
 
 
@@ -222,27 +250,69 @@ async def test_aud1_a_bad_ledger_is_named_before_a_changed_event(tmp_path: Path)
 async def test_aud2_a_worker_that_gives_no_answer_leaves_the_check_to_this_process(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    def dying() -> tuple[BaseProcess, Connection]:
+    def dying(name: str) -> tuple[BaseProcess, Connection]:
         ctx = multiprocessing.get_context("spawn")
         conn, child_end = ctx.Pipe()
-        process = ctx.Process(target=os._exit, args=(3,))  # dies before it answers
+        process = ctx.Process(target=os._exit, args=(3,), name=name)  # dies before it answers
         process.start()
         child_end.close()
         return process, conn
 
     log = await build_log(tmp_path)
-    monkeypatch.setattr(audit, "_start_ledger_worker", dying)
+    monkeypatch.setattr(audit, "_start_worker", dying)
     report = await verify_store(log.store, log.checkpoints, [log.signer.public], ledger_worker=True)
     assert report.ok and report.checkpoints_checked == 4 and report.notarised_size == 30
-    assert "the ledger worker gave no answer (exit code 3)" in caplog.text
+    assert report.events_checked == 30
+    assert "a verify worker gave no answer (exit code 3): its job is done again" in caplog.text
     stranger = Signer.load_or_create(tmp_path / "other" / "k.key")
     report = await verify_store(log.store, log.checkpoints, [stranger.public], ledger_worker=True)
     assert not report.ok and report.failure is not None
     assert report.failure.check == "checkpoint-key"
 
 
-async def test_aud2_a_verify_that_fails_leaves_no_worker_behind(tmp_path: Path) -> None:
+async def test_aud2_workers_that_give_no_answer_for_long_hold_nothing_up(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    ledger_worker: str,
+) -> None:
+    """Stuck workers (alive, silent): this process does their jobs too, after a while, and the
+    workers are stopped when verify ends."""
+
+    kept_open = []  # the workers' ends of their pipes: alive, and silent
+
+    def stuck(name: str) -> tuple[BaseProcess, Connection]:
+        ctx = multiprocessing.get_context("spawn")
+        conn, child_end = ctx.Pipe()
+        kept_open.append(child_end)
+        process = ctx.Process(target=time.sleep, args=(3600,), name=name)
+        process.start()
+        return process, conn
+
+    monkeypatch.setattr(audit, "_start_worker", stuck)
+    monkeypatch.setattr(audit, "WORKER_PATIENCE", 0.2)
     log = await build_log(tmp_path)
+    data = bytearray(data_at(tmp_path, 17))
+    data[-3] ^= 0x01
+    tamper(tmp_path, ("UPDATE events SET data = ? WHERE position = 17", (bytes(data),)))
+    report = await verify(log)
+    assert (report["failure"]["offset"], report["failure"]["check"]) == (17, "notarised-leaf")
+    assert report["checkpoints_checked"] == 4
+    assert multiprocessing.active_children() == []
+    if ledger_worker != "ledger-checked-here":
+        assert "a verify worker gave no answer in 0.2 s: its job is done again" in caplog.text
+
+
+async def test_aud2_a_verify_that_fails_leaves_no_worker_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = await build_log(tmp_path)
+    started: list[WorkerProcess] = []
+
+    def start(name: str) -> tuple[WorkerProcess, Connection]:
+        process, conn = workers.spawn_worker(name)
+        started.append(process)
+        return process, conn
 
     class Failing:
         log_id = log.store.log_id
@@ -250,9 +320,31 @@ async def test_aud2_a_verify_that_fails_leaves_no_worker_behind(tmp_path: Path) 
         async def read_page_bytes(self, after: int, limit: int) -> list[StoredRow]:
             raise OSError("disk gone")
 
+    monkeypatch.setattr(audit, "_start_worker", start)
     with pytest.raises(OSError, match="disk gone"):
         await verify_store(Failing(), log.checkpoints, [log.signer.public], ledger_worker=True)  # type: ignore[arg-type]
-    assert multiprocessing.active_children() == []
+    assert len(started) == 1 and not started[0].is_alive()
+
+
+async def test_aud2_workers_are_fresh_interpreters_that_ignore_ctrl_c(tmp_path: Path) -> None:
+    """A worker imports what its jobs need, not this process's __main__, and leaves Ctrl-C
+    (SIGINT, sent to the whole terminal's process group) to its parent, which stops it."""
+    process, conn = workers.spawn_worker("psvis-verify-test")
+    try:
+        conn.send(functools.partial(sorted, ["b", "a"]))
+        assert conn.recv() == ["a", "b"]
+        os.kill(process.pid, signal.SIGINT)  # type: ignore[attr-defined]
+        imported = (
+            "[m for m in __import__('sys').modules if m.split('.')[0] in ('pytest', '_pytest')]"
+        )
+        conn.send(functools.partial(eval, imported))
+        assert conn.recv() == [] and process.is_alive()
+        conn.send(None)  # ends it
+        process.join(timeout=10)
+        assert process.exitcode == 0
+    finally:
+        process.terminate()
+        conn.close()
 
 
 async def test_aud1_an_unreadable_checkpoint_is_a_failure_not_a_crash(tmp_path: Path) -> None:

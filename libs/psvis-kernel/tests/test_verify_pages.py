@@ -3,6 +3,7 @@ event-by-event check, whatever the page size and however the log was tampered wi
 
 from __future__ import annotations
 
+import itertools
 import random
 from datetime import UTC, datetime
 
@@ -17,7 +18,7 @@ from psvis.envelope import event_hash
 from psvis.merkle import MerkleTree
 from psvis.notary import sign_checkpoint
 from psvis.signing import Signer
-from psvis.verify import LogVerifier, _Stop
+from psvis.verify import LogVerifier, SpanChecker, _Stop
 
 LOG = "psvis.events/0"
 SIGNER = Signer(Ed25519PrivateKey.generate())
@@ -172,6 +173,85 @@ def test_pages_name_the_same_first_failure_as_one_by_one(
     assert verifier.report.ok == (outcome(verifier) is None)
     if how == "none":
         assert verifier.report.ok and verifier.report.events_checked == n
+
+
+def as_stored(events: Events) -> Events:
+    """The rows as the embedded log's table gives them: one per position, in position order."""
+    return sorted({row[0]: row for row in reversed(events)}.values())
+
+
+def verify_in_spans(
+    events: Events, records: list[CheckpointRecord], cuts: list[int], page: int
+) -> LogVerifier:
+    """As `audit verify` checks a long embedded log: each span of positions on its own (as
+    check_span_file reads it), then the spans joined in order."""
+    rows = as_stored(events)
+    size = rows[-1][0] + 1 if rows else 0
+    bounds = [0, *sorted({c for c in cuts if 0 < c < size}), size]
+    verifier = LogVerifier(LOG, records, {SIGNER.key_id: SIGNER.public})
+    try:
+        verifier.check_checkpoints()
+        for start, end in itertools.pairwise(bounds):
+            checker = SpanChecker(start, end, verifier.span_leaves(start, end))
+            mine = [row for row in rows if start <= row[0] < end]
+            try:
+                for at in range(0, len(mine), page):
+                    checker.check_page(mine[at : at + page])
+                if not checker.complete:
+                    checker.rows_end(next((row[0] for row in rows if row[0] >= end), None))
+            except _Stop:
+                pass
+            if not verifier.join_span(checker.report()):
+                break
+        verifier.finish()
+    except _Stop:
+        pass
+    return verifier
+
+
+@given(
+    n=st.integers(1, 60),
+    streams=st.integers(1, 6),
+    every=st.integers(1, 16),
+    notarised=st.floats(0, 1),
+    page=st.integers(1, 25),
+    cuts=st.lists(st.integers(1, 60), max_size=6),
+    how=st.sampled_from([*HOW, "reversion", "none"]),
+    seed=st.integers(0, 2**32),
+)
+@settings(max_examples=400, deadline=None)
+def test_spans_checked_apart_and_joined_name_the_same_first_failure(
+    n: int,
+    streams: int,
+    every: int,
+    notarised: float,
+    page: int,
+    cuts: list[int],
+    how: str,
+    seed: int,
+) -> None:
+    """Wherever the log is cut into spans, joining them gives the one-by-one check's report."""
+    events = honest_log(n, streams)
+    size = int(n * notarised)
+    records = notarise(events, size, every)
+    stored = as_stored(events if how == "none" else tampered(events, how, random.Random(seed)))
+    ledger = b"".join(r.leaves for r in records)
+    in_spans = verify_in_spans(stored, records, cuts, page)
+    assert outcome(in_spans) == reference(stored, ledger, size)
+    assert in_spans.report == verify(stored, records, page).report
+    if how == "none":
+        assert in_spans.report.ok and in_spans.report.events_checked == n
+
+
+def test_a_span_that_ends_early_is_a_missing_event_at_the_first_absent_offset() -> None:
+    events = honest_log(30, 3)
+    records = notarise(events, 20, 10)
+    gapped = [row for row in events if not 8 <= row[0] < 12]  # the span [5, 10) ends at 8
+    report = verify_in_spans(gapped, records, [5, 10], page=4).report
+    assert report.failure is not None
+    assert (report.failure.offset, report.failure.check) == (8, "offset")
+    assert report.failure.detail == "expected offset 8, found 12 (missing event)"
+    assert report == verify(gapped, records, page=4).report
 
 
 def test_a_malformed_envelope_in_the_tail_fails_decode_at_its_offset() -> None:

@@ -4,33 +4,43 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-import multiprocessing
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+import os
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from multiprocessing.connection import Connection
-from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from psvis.checkpoints import CheckpointStore
 from psvis.eventstore.port import LogSource, LogUnreadable, StoredRow
+from psvis.eventstore.sqlite_spans import check_span_file
 from psvis.projection import StreamProjection
 from psvis.readstore.port import ReadStore, canonical_digest
 from psvis.readstore.sqlite import SqliteReadStore
 from psvis.replaying import MAX_WORKERS, REPLAY, default_workers, fold_log, fold_log_in_parts
 from psvis.signing import key_id
 from psvis.sqlite_db import SqliteDatabase
-from psvis.verify import LedgerCheck, LogVerifier, VerifyReport, _Stop, serve_ledger_check
+from psvis.verify import LedgerCheck, LogVerifier, SpanReport, VerifyReport, _Stop
+from psvis.workers import Job, JobPool, WorkerGone, spawn_worker
 
 PAGE = 5000
 log = logging.getLogger(__name__)
 
-
 # below this many notarised events, starting a process costs more than the ledger check saves
 LEDGER_WORKER_FROM = 100_000
+# an embedded log this long is checked in spans of SPAN events, here and by a worker per core
+SPANS_FROM = 100_000
+SPAN = 20_000
+# seconds this process waits on a worker's answer, when it has nothing else to do, before it
+# does that worker's job itself
+WORKER_PATIENCE = 1.0
+_SILENT = "a verify worker gave no answer in %s s: its job is done again"
+_LEDGER = "ledger"  # the key of the ledger check among the spans' offsets
+_start_worker = spawn_worker
 
 
 async def verify_store(
@@ -40,13 +50,16 @@ async def verify_store(
     progress: Callable[[int], None] | None = None,
     *,
     ledger_worker: bool | None = None,
+    span_workers: int | None = None,
 ) -> VerifyReport:
     """Check every stored event and every signed checkpoint of the log (AUD-2).
 
-    The checkpoints' ledger (signatures, and the Merkle tree rebuilt from every leaf) is checked
-    in a worker process while this one checks the events, when `ledger_worker` says so; by
-    default when the notarised log holds LEDGER_WORKER_FROM events or more. The report is the
-    same either way.
+    An embedded log of SPANS_FROM events or more is checked in spans of SPAN events, by this
+    process and `span_workers` worker processes (by default one per other core), the ledger
+    (signatures, and the Merkle tree rebuilt from every leaf) being one more job for them.
+    Any other log is read page by page here, its ledger checked meanwhile in a worker process
+    when `ledger_worker` says so, by default from LEDGER_WORKER_FROM notarised events on.
+    The report is the same every way.
     """
     try:
         records = await checkpoints.all(events.log_id)
@@ -56,6 +69,18 @@ async def verify_store(
             verifier.unreadable(str(e))
         return verifier.report
     verifier = LogVerifier(events.log_id, records, {key_id(k): k for k in keys})
+    path, size = getattr(events, "path", None), 0
+    if path is not None:
+        with contextlib.suppress(LogUnreadable):  # the pages' reading reports it
+            size = await events.log_size()
+    if span_workers is None:
+        cores = min(len(os.sched_getaffinity(0)), MAX_WORKERS)
+        span_workers = cores - 1 if size >= SPANS_FROM else 0
+    if path is not None and span_workers > 0 and size > 0:
+        with contextlib.suppress(_Stop):
+            await _check_in_spans(verifier, path, size, span_workers, progress)
+            verifier.finish()
+        return verifier.report
     if ledger_worker is None:
         ledger_worker = bool(records) and records[-1].tree_size >= LEDGER_WORKER_FROM
     async with _ledger_checked(verifier, ledger_worker) as ledger:
@@ -66,12 +91,91 @@ async def verify_store(
                 verifier.unreadable(str(e))
         try:
             if not ledger.applied:
-                verifier.apply_ledger(await ledger.found)
+                verifier.apply_ledger(await _settled(ledger, verifier))
             if verifier.report.ok:
                 verifier.finish()
         except _Stop:
             pass
     return verifier.report
+
+
+async def _check_in_spans(
+    verifier: LogVerifier,
+    path: str,
+    size: int,
+    workers: int,
+    progress: Callable[[int], None] | None,
+) -> None:
+    """Check the events [0, size) of the embedded log at `path`, and its ledger.
+
+    The jobs (the ledger check, then a SpanChecker per span) go to the worker processes from
+    the front, while this process takes its share from the back, so that workers still
+    starting hold nothing up. Spans are joined in order as they come in (join_span). Raises
+    _Stop once the report is made, as LogVerifier does; a failure of the ledger is reported
+    before any failure of the events.
+    """
+    # the ledger at the back: this process starts with it while the workers start
+    todo: deque[Hashable] = deque([*range(0, size, SPAN), _LEDGER])
+
+    def job(key: Hashable) -> Job:
+        if key == _LEDGER:
+            return verifier.ledger_job()
+        assert isinstance(key, int)
+        end = min(key + SPAN, size)
+        return functools.partial(check_span_file, path, key, end, verifier.span_leaves(key, end))
+
+    spans: dict[int, SpanReport] = {}
+    answered: set[Hashable] = set()
+    ledger: LedgerCheck | None = None
+    events_done = False  # joined to the end, or stopped at a failure
+    pool = JobPool(workers, "psvis-verify", _start_worker)
+    try:
+        while ledger is None or not events_done:
+            for worker in pool.idle()[: len(todo)]:
+                key = todo.popleft()
+                pool.give(worker, key, job(key))
+            if not (done := pool.finished()):
+                if not todo:  # all is with the workers: wait, then do a late one's job here too
+                    done = await pool.answers(timeout=WORKER_PATIENCE)
+                    late = [key for key in pool.held() if key not in answered]
+                    if not done and late:
+                        log.warning(_SILENT, WORKER_PATIENCE)
+                        todo.append(late[0])
+                if todo:  # this process's share
+                    key = todo.pop()
+                    mine = job(key)
+                    done = [(key, mine, mine())]
+            for key, _, answer in done:
+                if isinstance(answer, WorkerGone):
+                    log.warning(
+                        "a verify worker gave no answer (%s): its job is done again", answer
+                    )
+                    if key not in answered:
+                        todo.appendleft(key)
+                    continue
+                if key in answered:  # done here as well
+                    continue
+                if key == _LEDGER:
+                    ledger = answer
+                else:
+                    assert isinstance(key, int)
+                    spans[key] = answer
+                    if progress is not None:
+                        progress(answer.checked)
+                answered.add(key)
+            try:
+                while not events_done and verifier.next_offset in spans:
+                    events_done = not verifier.join_span(spans.pop(verifier.next_offset))
+                events_done = events_done or verifier.next_offset >= size
+            except _Stop:
+                events_done = True
+            if events_done:
+                todo = deque(k for k in todo if k == _LEDGER)
+    finally:
+        await pool.close()
+    verifier.apply_ledger(ledger)
+    if not verifier.report.ok:
+        raise _Stop
 
 
 @dataclass
@@ -93,63 +197,35 @@ async def _ledger_checked(verifier: LogVerifier, in_worker: bool) -> AsyncIterat
         done.set_result(verifier.ledger_check())
         yield _Ledger(done)
         return
-    process, conn = _start_ledger_worker()
-    # the ledger (32 bytes an event) goes over from a thread while this one checks events
-    sending = loop.run_in_executor(None, conn.send, verifier.ledger_job())
-    sending.add_done_callback(_seen)  # a worker stopped early makes it fail: nothing to report
-    answer: asyncio.Future[LedgerCheck] = loop.create_future()
-
-    def readable() -> None:
-        loop.remove_reader(conn.fileno())
-        try:
-            answer.set_result(conn.recv())
-        except (EOFError, OSError):  # it ended without a word
-            process.join()
-            answer.set_exception(_LedgerWorkerGone(f"exit code {process.exitcode}"))
-
-    loop.add_reader(conn.fileno(), readable)
-    found = asyncio.ensure_future(_or_here(answer, verifier))
+    pool = JobPool(1, "psvis-verify-ledger", _start_worker)
+    pool.give(pool.idle()[0], _LEDGER, verifier.ledger_job())
+    found = asyncio.ensure_future(_ledger_answer(pool, verifier))
     try:
         yield _Ledger(found)
     finally:
         found.cancel()
-        loop.remove_reader(conn.fileno())
-        if process.is_alive():
-            process.terminate()
-        process.join()
-        with contextlib.suppress(OSError, TimeoutError):  # its fd must outlive the write
-            await asyncio.wait_for(asyncio.shield(sending), 5)
-        conn.close()
+        await pool.close()
 
 
-class _LedgerWorkerGone(Exception):
-    pass
-
-
-def _start_ledger_worker() -> tuple[BaseProcess, Connection]:
-    """A process that checks the ledger it is sent (verify.serve_ledger_check)."""
-    # spawn: this process has threads (the database's), which fork would copy half-way
-    ctx = multiprocessing.get_context("spawn")
-    conn, child_end = ctx.Pipe()
-    process = ctx.Process(
-        target=serve_ledger_check, args=(child_end,), name="psvis-verify-ledger", daemon=True
-    )
-    process.start()
-    child_end.close()
-    return process, conn
-
-
-def _seen(done: asyncio.Future[None]) -> None:
-    if not done.cancelled():
-        done.exception()
-
-
-async def _or_here(found: Awaitable[LedgerCheck], verifier: LogVerifier) -> LedgerCheck:
+async def _ledger_answer(pool: JobPool, verifier: LogVerifier) -> LedgerCheck:
     """The worker's answer; if the worker could not give one, the check done here."""
+    while not (done := await pool.answers(timeout=60)):
+        pass
+    [(_, _, answer)] = done
+    if isinstance(answer, WorkerGone):
+        log.warning("a verify worker gave no answer (%s): its job is done again", answer)
+        return verifier.ledger_check()
+    assert isinstance(answer, LedgerCheck)
+    return answer
+
+
+async def _settled(ledger: _Ledger, verifier: LogVerifier) -> LedgerCheck:
+    """The ledger check, once the events are checked: the worker's, or, if it has not
+    answered within WORKER_PATIENCE seconds more, done here."""
     try:
-        return await found
-    except _LedgerWorkerGone as e:
-        log.warning("the ledger worker gave no answer (%s): checking the ledger here", e)
+        return await asyncio.wait_for(asyncio.shield(ledger.found), WORKER_PATIENCE)
+    except TimeoutError:
+        log.warning(_SILENT, WORKER_PATIENCE)
         return verifier.ledger_check()
 
 

@@ -33,7 +33,8 @@ from psvis.eventstore.port import LogUnreadable, stored_events
 from psvis.projection import PagedLog, ProjectionRunner, StreamProjection
 from psvis.readstore.port import ReadStore
 from psvis.readstore.sqlite import SqliteReadStore
-from psvis.sqlite_db import SqliteDatabase, in_transaction
+from psvis.sqlite_conn import in_transaction
+from psvis.sqlite_db import SqliteDatabase
 
 PAGE = 5000
 REPLAY = "replay"  # the name a replay's position is kept under in its read store

@@ -16,7 +16,9 @@ from psvis.envelope import NewEvent, RecordedEvent, seal_stream
 from psvis.errors import ConcurrencyConflict
 from psvis.eventstore.port import LogUnreadable, StoredRow, StreamHead, stored_events
 from psvis.eventstore.sqlite_index import StreamIndex
-from psvis.sqlite_db import SqliteDatabase, WalCheckpointer, connect, in_transaction
+from psvis.eventstore.sqlite_spans import STORED_ROWS
+from psvis.sqlite_conn import connect, in_transaction
+from psvis.sqlite_db import SqliteDatabase, WalCheckpointer
 
 log = logging.getLogger(__name__)
 
@@ -32,13 +34,8 @@ CREATE TABLE IF NOT EXISTS events (
 # else about an event (version, id) is read from its envelope.
 
 INSERT = "INSERT INTO events (position, stream_id, data) VALUES (?, ?, ?)"
-# (position, stored bytes, stored stream id) of a page, as audit verify reads them: a damaged
-# row's value that is not a blob comes as the bytes of its text (and fails its check), a NULL
-# data as no bytes and a NULL stream id as None
-PAGE_BYTES = (
-    "SELECT position, COALESCE(CAST(data AS BLOB), x''), CAST(stream_id AS BLOB) FROM events"
-    " WHERE position > ? ORDER BY position LIMIT ?"
-)
+# the stored rows (sqlite_spans.STORED_ROWS) of a page after a position
+PAGE_BYTES = STORED_ROWS + " WHERE position > ? ORDER BY position LIMIT ?"
 # a log written before the events table lost its version and event_id columns
 _OLD_COLUMNS = {"position", "stream_id", "version", "event_id", "data"}
 

@@ -7,7 +7,8 @@ import sqlite3
 from collections.abc import Sequence
 
 from psvis.readstore.port import Document, Write, canonical_text
-from psvis.sqlite_db import SqliteDatabase, in_transaction
+from psvis.sqlite_conn import in_transaction
+from psvis.sqlite_db import SqliteDatabase
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS read_models (

@@ -1,0 +1,189 @@
+"""Worker processes that each run the jobs they are sent, one at a time (for `audit verify`).
+
+A job is a picklable callable. A worker is a fresh interpreter running verify.serve_fd, which
+imports only what its jobs need: multiprocessing's spawn would also import the parent's
+__main__ (for the CLI, all of it) in every worker, and fork would copy the parent's threads
+(its database's) half-way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
+
+Job = Callable[[], Any]
+_SERVE = "import sys; from psvis.verify import serve_fd; serve_fd(int(sys.argv[1]))"
+
+
+class WorkerGone(Exception):
+    """The worker ended without answering; its job is handed back with this."""
+
+
+class WorkerProcess(Protocol):
+    """What the pool needs of a worker's process (multiprocessing's Process has it too)."""
+
+    @property
+    def exitcode(self) -> int | None: ...
+
+    def is_alive(self) -> bool: ...
+
+    def terminate(self) -> None: ...
+
+    def join(self, timeout: float | None = None) -> None: ...
+
+
+class _Interpreter:
+    """A worker started by spawn_worker, as a WorkerProcess."""
+
+    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+        self._popen = popen
+        self.pid = popen.pid
+
+    @property
+    def exitcode(self) -> int | None:
+        return self._popen.poll()
+
+    def is_alive(self) -> bool:
+        return self._popen.poll() is None
+
+    def terminate(self) -> None:
+        self._popen.terminate()
+
+    def join(self, timeout: float | None = None) -> None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._popen.wait(timeout)
+
+
+def spawn_worker(name: str) -> tuple[WorkerProcess, Connection]:
+    """A fresh interpreter serving jobs on one end of a socket pair; the other end is ours."""
+    ours, theirs = socket.socketpair()
+    try:
+        popen = subprocess.Popen(
+            [sys.executable, "-c", _SERVE, str(theirs.fileno()), name],
+            pass_fds=[theirs.fileno()],
+            stdin=subprocess.DEVNULL,
+        )
+    except BaseException:
+        ours.close()
+        raise
+    finally:
+        theirs.close()
+    return _Interpreter(popen), Connection(ours.detach())
+
+
+@dataclass
+class _Worker:
+    process: WorkerProcess
+    conn: Connection
+    job: tuple[Hashable, Job] | None = None
+    sending: asyncio.Future[None] | None = None
+    given: int = 0  # when it was given its job, in jobs given by the pool
+
+
+class JobPool:
+    """`count` worker processes; give() hands an idle one a job, finished() collects answers.
+
+    Jobs go over from a thread (a job may carry megabytes, more than a pipe holds, and a
+    worker reads it only once it has started). A worker that dies is dropped, and finished()
+    hands its job back with WorkerGone for the caller to run elsewhere. Close the pool with
+    close(): it stops the workers still running, whatever they were doing.
+    """
+
+    def __init__(
+        self,
+        count: int,
+        name: str,
+        start: Callable[[str], tuple[WorkerProcess, Connection]] = spawn_worker,
+    ) -> None:
+        self._workers: list[_Worker] = []
+        self._given = 0
+        try:
+            for i in range(count):
+                self._workers.append(_Worker(*start(f"{name}-{i}")))
+        except BaseException:
+            self._stop_all()
+            raise
+
+    def idle(self) -> list[_Worker]:
+        return [w for w in self._workers if w.job is None]
+
+    @property
+    def busy(self) -> bool:
+        return any(w.job is not None for w in self._workers)
+
+    def give(self, worker: _Worker, key: Hashable, job: Job) -> None:
+        loop = asyncio.get_running_loop()
+        self._given += 1
+        worker.job, worker.given = (key, job), self._given
+        worker.sending = loop.run_in_executor(None, worker.conn.send, job)
+        worker.sending.add_done_callback(_seen)  # a worker that died makes it fail: see finished
+
+    def finished(self, timeout: float = 0) -> list[tuple[Hashable, Job, Any]]:
+        """(key, job, answer) of each job done by now (or within timeout); WorkerGone for a
+        worker that ended without answering."""
+        busy = {w.conn: w for w in self._workers if w.job is not None}
+        done = []
+        for conn in wait(list(busy), timeout):
+            worker = busy[conn]  # type: ignore[index]
+            assert worker.job is not None
+            key, job = worker.job
+            try:
+                answer = worker.conn.recv()
+            except (EOFError, OSError):
+                worker.process.join(timeout=1)  # it is ending: its exit code says how
+                if worker.process.is_alive():  # it closed its end and goes on: no worker of ours
+                    worker.process.terminate()
+                    worker.process.join()
+                answer = WorkerGone(f"exit code {worker.process.exitcode}")
+                self._workers.remove(worker)
+                worker.conn.close()
+            worker.job = None
+            done.append((key, job, answer))
+        return done
+
+    def held(self) -> list[Hashable]:
+        """The keys of the jobs workers hold, in the order they were given."""
+        return [w.job[0] for w in sorted(self._workers, key=lambda w: w.given) if w.job is not None]
+
+    async def answers(self, timeout: float) -> list[tuple[Hashable, Job, Any]]:
+        """finished(), waiting up to `timeout` seconds for an answer (on a thread: the loop
+        goes on meanwhile)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not (done := self.finished()) and self.busy:
+            left = deadline - loop.time()
+            if left <= 0:
+                break
+            if done := await asyncio.to_thread(self.finished, min(left, 0.5)):
+                break
+        return done
+
+    async def close(self) -> None:
+        self._stop_all()
+        for worker in self._workers:
+            if worker.sending is not None:
+                with contextlib.suppress(OSError, TimeoutError):  # its fd must outlive the write
+                    await asyncio.wait_for(asyncio.shield(worker.sending), 5)
+            worker.conn.close()
+        self._workers = []
+
+    def _stop_all(self) -> None:
+        for worker in self._workers:
+            if worker.process.is_alive():
+                worker.process.terminate()
+            worker.process.join()
+
+
+def _seen(done: asyncio.Future[None]) -> None:
+    if not done.cancelled():
+        done.exception()
