@@ -90,6 +90,82 @@ async def test_an_index_flushed_in_part_and_a_tail_in_memory_agree(tmp_path: Pat
         await db.close()
 
 
+def edit_index(path: Path, stream: str, version: int, to_stream: str, to_version: int) -> int:
+    """Point the index's entry for (stream, version) at the event (to_stream, to_version)."""
+    conn = sqlite3.connect(path)
+    (position,) = conn.execute(
+        "SELECT i.position FROM stream_index i JOIN streams s ON s.no = i.no"
+        " WHERE s.stream_id = ? AND i.version = ?",
+        (to_stream, to_version),
+    ).fetchone()
+    conn.execute(
+        "UPDATE stream_index SET position = ? WHERE version = ?"
+        " AND no = (SELECT no FROM streams WHERE stream_id = ?)",
+        (position, version, stream),
+    )
+    conn.commit()
+    conn.close()
+    return int(position)
+
+
+@pytest.mark.parametrize("edited", ["an older event", "the stream's head"])
+async def test_an_edited_index_is_rebuilt_from_the_log_not_trusted(
+    tmp_path: Path, edited: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An index row pointing a stream at another stream's event hands no command that event:
+    reading the stream (or its head, to append) finds it out and rebuilds the index."""
+    db, store = open_store(tmp_path / "psvis.db")
+    versions = await fill(store, streams=4, rounds=6)
+    before = {s: await store.read_stream(s) for s in versions}
+    await store.close()  # writes the index
+    await db.close()
+    last = versions["s-1"]
+    edit_index(tmp_path / "psvis.db", "s-1", 2 if edited == "an older event" else last, "s-2", 2)
+
+    db, reopened = open_store(tmp_path / "psvis.db", "again")
+    try:
+        if edited == "an older event":
+            assert await reopened.read_stream("s-1") == before["s-1"]
+        (new,) = await reopened.append("s-1", last, [event("next")])
+        assert (new.version, new.envelope.prev_hash) == (last + 1, before["s-1"][-1].hash)
+        assert "the stream index disagrees with the log about stream 's-1'" in caplog.text
+        for stream, events in before.items():
+            read = await reopened.read_stream(stream)
+            assert read[: len(events)] == events
+        report = await verify_store(reopened, SqliteCheckpointStore(db), [])
+        assert report.ok, report
+    finally:
+        await reopened.close()
+        await db.close()
+
+
+async def test_a_log_whose_stream_is_out_of_order_is_unreadable_not_rebuilt_forever(
+    tmp_path: Path,
+) -> None:
+    """Rebuilt from a log whose own rows are out of order, the index still disagrees: that is
+    the log's damage, named as such (a command loads its stream first, so it stops there)."""
+    db, store = open_store(tmp_path / "psvis.db")
+    await fill(store, streams=2, rounds=4)
+    (v1, v2) = [e for e in await store.read_stream("s-0")][:2]
+    await store.close()
+    await db.close()
+    conn = sqlite3.connect(tmp_path / "psvis.db")  # the two events swap places in the log
+    conn.execute("UPDATE events SET data = ? WHERE position = ?", (v2.data, v1.position))
+    conn.execute("UPDATE events SET data = ? WHERE position = ?", (v1.data, v2.position))
+    conn.commit()
+    conn.close()
+
+    db, reopened = open_store(tmp_path / "psvis.db")
+    try:
+        for _ in range(2):  # each read rebuilds once, and says so
+            with pytest.raises(LogUnreadable, match=r"'s-0' are not its versions 1\.\.n; run"):
+                await reopened.read_stream("s-0")
+        assert [e.version for e in await reopened.read_stream("s-1")] == [1, 2, 3, 4, 5, 6, 7, 8]
+    finally:
+        await reopened.close()
+        await db.close()
+
+
 async def test_a_log_of_the_older_table_shape_is_rewritten_and_reads_the_same(
     tmp_path: Path,
 ) -> None:

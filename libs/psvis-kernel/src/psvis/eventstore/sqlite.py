@@ -15,7 +15,7 @@ from psvis.clock import Clock, IdSource
 from psvis.envelope import NewEvent, RecordedEvent, seal_stream
 from psvis.errors import ConcurrencyConflict
 from psvis.eventstore.port import LogUnreadable, StoredRow, StreamHead, stored_events
-from psvis.eventstore.sqlite_index import StreamIndex
+from psvis.eventstore.sqlite_index import IndexDisagrees, StreamIndex, check_history
 from psvis.eventstore.sqlite_spans import STORED_ROWS
 from psvis.sqlite_conn import connect, in_transaction
 from psvis.sqlite_db import SqliteDatabase, WalCheckpointer
@@ -147,8 +147,16 @@ class SqliteEventStore:
             log.warning("stream index not written yet (%s); the next append tries again", e)
 
     def _write(self, group: list[_Append]) -> list[list[RecordedEvent] | Exception]:
+        rebuilt = False
         while True:
-            results, rows = self._decide(group)
+            try:
+                results, rows = self._decide(group)
+            except IndexDisagrees as e:
+                if rebuilt:
+                    raise _still_disagrees(e) from e
+                self._rebuild_index(e)
+                rebuilt = True
+                continue
             if any(isinstance(r, ConcurrencyConflict) for r in results) and self._index.behind():
                 self._index.learn_from_log()  # the conflict may be with a head it has missed
                 continue
@@ -212,6 +220,17 @@ class SqliteEventStore:
         return self._index
 
     async def read_stream(self, stream_id: str) -> list[RecordedEvent]:
+        try:
+            return self._read_stream(stream_id)
+        except IndexDisagrees as e:
+            self._rebuild_index(e)
+        try:
+            return self._read_stream(stream_id)
+        except IndexDisagrees as e:
+            raise _still_disagrees(e) from e
+
+    def _read_stream(self, stream_id: str) -> list[RecordedEvent]:
+        """The stream's events where the index says they are, checked to be its versions 1..n."""
         positions = self._fresh().positions(stream_id)
         events: list[RecordedEvent] = []
         for start in range(0, len(positions), 500):
@@ -223,7 +242,13 @@ class SqliteEventStore:
                     chunk,
                 ).fetchall()
             )
+        check_history(stream_id, events)
         return events
+
+    def _rebuild_index(self, disagreement: IndexDisagrees) -> None:
+        """The index is derived from the log: one that disagrees with it is rebuilt from it."""
+        log.warning("%s: rebuilding the index from the log", disagreement)
+        self._index.rebuild()
 
     async def read_page_bytes(self, after: int, limit: int) -> list[StoredRow]:
         """Up to `limit` events after `after`, as audit verify reads them (PAGE_BYTES)."""
@@ -253,6 +278,15 @@ class SqliteEventStore:
         finally:
             self._checkpointer.close()
             self._conn.close()
+
+
+def _still_disagrees(disagreement: IndexDisagrees) -> LogUnreadable:
+    """The index, rebuilt from the log, still disagrees with it: the log itself does not hold
+    the stream's versions 1..n in order (damaged or edited; `psvis audit verify` names where)."""
+    return LogUnreadable(
+        f"{disagreement}, even rebuilt from the log: the log's events of"
+        f" {disagreement.stream_id!r} are not its versions 1..n; run `psvis audit verify`"
+    )
 
 
 def _log_page(conn: sqlite3.Connection, after: int, limit: int) -> list[tuple[int, bytes]]:

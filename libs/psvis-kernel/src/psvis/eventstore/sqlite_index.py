@@ -39,6 +39,16 @@ CREATE TABLE IF NOT EXISTS stream_index_state (
 # (stream id, version, position) of one event
 Entry = tuple[str, int, int]
 
+
+class IndexDisagrees(Exception):
+    """The index points a stream at events of the log that are not that stream's versions
+    (the index was damaged or edited): the store rebuilds it from the log."""
+
+    def __init__(self, stream_id: str) -> None:
+        super().__init__(f"the stream index disagrees with the log about stream {stream_id!r}")
+        self.stream_id = stream_id
+
+
 LEARNT_PER_PAGE = 5000  # rows of the log read at a time when learning it
 HEADS_CACHED = 65_536
 NUMBERS_CACHED = 262_144  # stream id -> number in `streams`, about 100 B each
@@ -114,10 +124,13 @@ class StreamIndex:
         if last is None:
             return StreamHead(0, b"")
         version, position = last
-        (data,) = self._conn.execute(
-            "SELECT data FROM events WHERE position = ?", (position,)
-        ).fetchone()
-        return StreamHead(version, event_hash(bytes(data)))
+        found = self._conn.execute(
+            "SELECT position, data FROM events WHERE position = ?", (position,)
+        ).fetchall()
+        if not found:
+            raise IndexDisagrees(stream_id)
+        check_history(stream_id, stored_events(found), first_version=version)
+        return StreamHead(version, event_hash(bytes(found[0][1])))
 
     def _last(self, stream_id: str) -> tuple[int, int] | None:
         tail = self._tail.get(stream_id)
@@ -138,6 +151,23 @@ class StreamIndex:
             (stream_id, self.upto),
         ).fetchall()
         return [p for (p,) in indexed] + [p for _, p in self._tail.get(stream_id, ())]
+
+    def rebuild(self) -> None:
+        """Forget the index, on disk and in memory, and learn it again from the whole log."""
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for table in ("stream_index", "streams", "stream_index_state"):
+                conn.execute(f"DELETE FROM {table}")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        self.upto = self.known = -1
+        self._tail, self._pending, self._heads, self._number_of = {}, [], {}, {}
+        self.learn_from_log()
+        self.flush()
 
     def flush(self) -> None:
         """Write the tail to stream_index in one transaction, in key order."""
@@ -185,3 +215,12 @@ class StreamIndex:
         while len(known) > NUMBERS_CACHED:
             del known[next(iter(known))]
         return numbers
+
+
+def check_history(stream_id: str, events: Sequence[RecordedEvent], first_version: int = 1) -> None:
+    """The events must be the stream's, at versions first_version, first_version + 1, ...;
+    IndexDisagrees if they are not (found where the index said they were)."""
+    found = [(e.stream_id, e.version) for e in events]
+    wanted = [(stream_id, v) for v in range(first_version, first_version + len(events))]
+    if found != wanted:
+        raise IndexDisagrees(stream_id)
