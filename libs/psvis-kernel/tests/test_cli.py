@@ -27,9 +27,9 @@ def test_rules_check_names_packs_it_cannot_read_and_prints_brackets(tmp_path) ->
         timeout=60,
     )
     assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
-    assert "a [pack] table with city and name is required" in run.stderr
-    assert "missing.toml: cannot be read" in run.stderr
-    assert f"{tmp_path}: cannot be read" in run.stderr
+    assert "a [pack] table with city and name is required" in run.stdout  # the report
+    assert "missing.toml: cannot be read" in run.stdout
+    assert f"{tmp_path}: cannot be read" in run.stdout
 
 
 def test_certs_issue_never_overwrites_the_ca_or_server_files(tmp_path) -> None:

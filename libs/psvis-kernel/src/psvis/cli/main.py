@@ -21,7 +21,8 @@ from psvis.rulepack import RulePackError, check_requirements, load_pack
 from psvis.settings import Settings
 from psvis.stores import open_for_audit
 
-console = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)  # what a command reports: its results, on stdout
+console = Console(stderr=True, soft_wrap=True)  # errors, the server's banner and progress bars
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -111,11 +112,11 @@ def cmd_rules_check(args: argparse.Namespace) -> int:
     else:
         for r in report:
             mark = "[green]ok[/]" if r["ok"] else "[red]FAILED[/]"
-            console.print(
+            out.print(
                 f"{mark} {escape(r['pack'])}: {r['rules']} rules, silent: {', '.join(r['silent']) or 'none'}"
             )
             for p in r["problems"]:
-                console.print(f"    - {escape(p)}")
+                out.print(f"    - {escape(p)}")
     return 1 if failed else 0
 
 
@@ -158,21 +159,21 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
     elif report["ok"]:
-        console.print(f"[green]OK[/] {report['log_id']}: {report['events_checked']} events in {report['streams']} streams, "
+        out.print(f"[green]OK[/] {report['log_id']}: {report['events_checked']} events in {report['streams']} streams, "
                       f"{report['checkpoints_checked']} signed checkpoints covering {report['notarised_size']}")  # fmt: skip
         for w in report["warnings"]:
-            console.print(f"  note: {escape(w)}")
+            out.print(f"  note: {escape(w)}")
         trusted = ", ".join(
             f"{key_id(k)} ({escape(str(f))})" for k, f in zip(keys, key_files, strict=True)
         )
-        console.print(f"  trusted notary key: {trusted}")
+        out.print(f"  trusted notary key: {trusted}")
         if not args.key:
-            console.print(
+            out.print(
                 "  note: that key is the data folder's own; pass --key with the key you were given"
             )
     else:
         f = report["failure"]
-        console.print(
+        out.print(
             f"[red]FAILED[/] {report['log_id']} at offset {f['offset']}: {f['check']}: "
             + escape(f["detail"])
         )
@@ -267,27 +268,26 @@ def cmd_audit_replay(args: argparse.Namespace) -> int:
         finally:
             await log.close()
 
-    out = asyncio.run(run())
-    if isinstance(out, str):
-        console.print(f"[red]error:[/] {escape(out)}")
+    outcome = asyncio.run(run())
+    if isinstance(outcome, str):
+        console.print(f"[red]error:[/] {escape(outcome)}")
         return 1
     if args.json:
-        print(json.dumps(out, indent=2, ensure_ascii=False, sort_keys=True))
+        print(json.dumps(outcome, indent=2, ensure_ascii=False, sort_keys=True))
         return 0
-    console.print(
-        f"replayed to offset {out['position']}{' (until ' + args.until + ')' if args.until else ''}; digest {out['digest']}"
-    )
-    for coll, (count, docs) in out["read_models"].items():  # type: ignore[attr-defined]
-        console.print(f"[bold]{coll}[/]: {count}")
+    applied = f", applying the events recorded up to {args.until}" if args.until else ""
+    out.print(f"replayed to offset {outcome['position']}{applied}; digest {outcome['digest']}")
+    for coll, (count, docs) in outcome["read_models"].items():  # type: ignore[attr-defined]
+        out.print(f"[bold]{coll}[/]: {count}")
         for key, doc in docs:
             view = doc.get("view", doc)
             if view:
                 line = f"{view.get('state', '')} {view.get('name', '')} v{view.get('version', '')}"
             else:  # e.g. a refused registration: the refusal is recorded, nothing exists
                 line = f"nothing registered; {len(doc.get('refusals', []))} refusal(s) recorded"
-            console.print(f"  {key}: {line}", markup=False, highlight=False)
+            out.print(f"  {key}: {line}", markup=False, highlight=False)
         if count > len(docs):
-            console.print(
+            out.print(
                 f"  … and {count - len(docs):,} more (--all lists them; --json prints the documents;"
                 " --into FILE keeps them)"
             )
@@ -313,7 +313,7 @@ def cmd_certs_issue(args: argparse.Namespace) -> int:
         )
         return 2
     identity = issue_client(settings.pki_dir, args.agency, args.role)
-    console.print(f"issued {identity.cert} for {args.agency} as {args.role}")
+    out.print(f"issued {identity.cert} for {args.agency} as {args.role}")
     return 0
 
 
