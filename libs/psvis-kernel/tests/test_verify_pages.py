@@ -150,15 +150,20 @@ HOW = [
 ]
 
 
-@given(
-    n=st.integers(1, 60),
-    streams=st.integers(1, 6),
-    every=st.integers(1, 16),
-    notarised=st.floats(0, 1),
-    page=st.integers(1, 25),
-    how=st.sampled_from([*HOW, "reversion", "none"]),
-    seed=st.integers(0, 2**32),
-)
+# a log of n events in some streams, its first `notarised` part signed every `every` events,
+# tampered with `how` (seeded), read `page` events at a time
+TAMPERED_LOGS = {
+    "n": st.integers(1, 60),
+    "streams": st.integers(1, 6),
+    "every": st.integers(1, 16),
+    "notarised": st.floats(0, 1),
+    "page": st.integers(1, 25),
+    "how": st.sampled_from([*HOW, "reversion", "none"]),
+    "seed": st.integers(0, 2**32),
+}
+
+
+@given(**TAMPERED_LOGS)
 @settings(max_examples=300, deadline=None)
 def test_pages_name_the_same_first_failure_as_one_by_one(
     n: int, streams: int, every: int, notarised: float, page: int, how: str, seed: int
@@ -209,16 +214,7 @@ def verify_in_spans(
     return verifier
 
 
-@given(
-    n=st.integers(1, 60),
-    streams=st.integers(1, 6),
-    every=st.integers(1, 16),
-    notarised=st.floats(0, 1),
-    page=st.integers(1, 25),
-    cuts=st.lists(st.integers(1, 60), max_size=6),
-    how=st.sampled_from([*HOW, "reversion", "none"]),
-    seed=st.integers(0, 2**32),
-)
+@given(**TAMPERED_LOGS, cuts=st.lists(st.integers(1, 60), max_size=6))
 @settings(max_examples=400, deadline=None)
 def test_spans_checked_apart_and_joined_name_the_same_first_failure(
     n: int,

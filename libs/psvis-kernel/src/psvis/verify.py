@@ -131,7 +131,7 @@ def serve_jobs(conn: Connection) -> None:
     try:
         while (job := conn.recv()) is not None:
             conn.send(job())
-    except EOFError:  # the parent went away
+    except (EOFError, BrokenPipeError, ConnectionResetError):  # the parent went away
         pass
     finally:
         conn.close()
