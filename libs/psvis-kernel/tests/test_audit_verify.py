@@ -202,7 +202,7 @@ def test_aud2_cli_exits_non_zero_and_names_the_offset(tmp_path: Path) -> None:
     assert bad.returncode == 1
     assert json.loads(bad.stdout)["failure"]["offset"] == 20
     human = subprocess.run(psvis[:-1], capture_output=True, text=True, check=False)
-    assert human.returncode == 1 and "offset 20" in human.stderr
+    assert human.returncode == 1 and "offset 20" in human.stdout, human.stderr
 
 
 @pytest.mark.parametrize("events", [1, 7, 8, 9, 64])

@@ -378,4 +378,4 @@ def test_aud2_cli_on_the_distributed_backend_exits_non_zero_and_names_the_offset
     assert bad.returncode == 1, bad.stderr
     assert json.loads(bad.stdout)["failure"]["offset"] == first_bad
     human = run()
-    assert human.returncode == 1 and f"offset {first_bad}" in human.stderr
+    assert human.returncode == 1 and f"offset {first_bad}" in human.stdout, human.stderr
