@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import functools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -146,7 +147,7 @@ def serve_fd(fd: int) -> None:
     serve_jobs(Connection(fd))
 
 
-class _EventChecks:
+class _EventChecks(abc.ABC):
     """The per-event checks of AUD-1/AUD-2 over consecutive events, from offset `start` on.
 
     `leaves` are the notarised leaves from `start` on, as the ledger stores them. A stream
@@ -166,8 +167,9 @@ class _EventChecks:
         """The offset of the first event not yet checked."""
         return self._next
 
+    @abc.abstractmethod
     def _fail(self, offset: int, check: str, detail: str) -> NoReturn:
-        raise NotImplementedError
+        """Record that the event at `offset` fails `check`, and stop (raise _Stop)."""
 
     def _first_seen(self, offset: int, stream: str, version: int, prev: bytes) -> tuple[int, bytes]:
         """The head a stream met for the first time at `offset` follows."""
