@@ -18,6 +18,7 @@ from collections.abc import Iterable, Sequence
 
 from psvis.envelope import RecordedEvent, event_hash
 from psvis.eventstore.port import StreamHead, stored_events
+from psvis.sqlite_conn import in_transaction
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS streams (
@@ -154,16 +155,12 @@ class StreamIndex:
 
     def rebuild(self) -> None:
         """Forget the index, on disk and in memory, and learn it again from the whole log."""
-        conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+
+        def forget(conn: sqlite3.Connection) -> None:
             for table in ("stream_index", "streams", "stream_index_state"):
                 conn.execute(f"DELETE FROM {table}")
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+
+        in_transaction(self._conn, forget)
         self.upto = self.known = -1
         self._tail, self._pending, self._heads, self._number_of = {}, [], {}, {}
         self.learn_from_log()
