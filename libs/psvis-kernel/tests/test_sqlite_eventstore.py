@@ -8,12 +8,14 @@ heads, streams and concurrency checks, learnt again from the log.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
 import textwrap
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -33,6 +35,28 @@ KERNEL_TESTS = Path(__file__).resolve().parent
 def open_store(path: Path, prefix: str = "ev") -> tuple[SqliteDatabase, SqliteEventStore]:
     db = SqliteDatabase(path)
     return db, SqliteEventStore(db, FixedClock(T0), SequentialIds(prefix))
+
+
+@contextlib.asynccontextmanager
+async def store_at(
+    path: Path, prefix: str = "ev"
+) -> AsyncIterator[tuple[SqliteDatabase, SqliteEventStore]]:
+    """A store on the file, closed (index written) with its database when the block ends."""
+    db, store = open_store(path, prefix)
+    try:
+        yield db, store
+    finally:
+        await store.close()
+        await db.close()
+
+
+def edit_log(path: Path, *statements: tuple[str, tuple[object, ...]]) -> None:
+    """Change the file behind the store's back, as someone with the file could."""
+    conn = sqlite3.connect(path)
+    for sql, params in statements:
+        conn.execute(sql, params)
+    conn.commit()
+    conn.close()
 
 
 async def fill(store: SqliteEventStore, streams: int, rounds: int) -> dict[str, int]:
@@ -98,13 +122,15 @@ def edit_index(path: Path, stream: str, version: int, to_stream: str, to_version
         " WHERE s.stream_id = ? AND i.version = ?",
         (to_stream, to_version),
     ).fetchone()
-    conn.execute(
-        "UPDATE stream_index SET position = ? WHERE version = ?"
-        " AND no = (SELECT no FROM streams WHERE stream_id = ?)",
-        (position, version, stream),
-    )
-    conn.commit()
     conn.close()
+    edit_log(
+        path,
+        (
+            "UPDATE stream_index SET position = ? WHERE version = ?"
+            " AND no = (SELECT no FROM streams WHERE stream_id = ?)",
+            (position, version, stream),
+        ),
+    )
     return int(position)
 
 
@@ -114,16 +140,13 @@ async def test_an_edited_index_is_rebuilt_from_the_log_not_trusted(
 ) -> None:
     """An index row pointing a stream at another stream's event hands no command that event:
     reading the stream (or its head, to append) finds it out and rebuilds the index."""
-    db, store = open_store(tmp_path / "psvis.db")
-    versions = await fill(store, streams=4, rounds=6)
-    before = {s: await store.read_stream(s) for s in versions}
-    await store.close()  # writes the index
-    await db.close()
+    async with store_at(tmp_path / "psvis.db") as (_, store):  # closing it writes the index
+        versions = await fill(store, streams=4, rounds=6)
+        before = {s: await store.read_stream(s) for s in versions}
     last = versions["s-1"]
     edit_index(tmp_path / "psvis.db", "s-1", 2 if edited == "an older event" else last, "s-2", 2)
 
-    db, reopened = open_store(tmp_path / "psvis.db", "again")
-    try:
+    async with store_at(tmp_path / "psvis.db", "again") as (db, reopened):
         if edited == "an older event":
             assert await reopened.read_stream("s-1") == before["s-1"]
         (new,) = await reopened.append("s-1", last, [event("next")])
@@ -134,9 +157,6 @@ async def test_an_edited_index_is_rebuilt_from_the_log_not_trusted(
             assert read[: len(events)] == events
         report = await verify_store(reopened, SqliteCheckpointStore(db), [])
         assert report.ok, report
-    finally:
-        await reopened.close()
-        await db.close()
 
 
 async def test_a_log_whose_stream_is_out_of_order_is_unreadable_not_rebuilt_forever(
@@ -144,26 +164,20 @@ async def test_a_log_whose_stream_is_out_of_order_is_unreadable_not_rebuilt_fore
 ) -> None:
     """Rebuilt from a log whose own rows are out of order, the index still disagrees: that is
     the log's damage, named as such (a command loads its stream first, so it stops there)."""
-    db, store = open_store(tmp_path / "psvis.db")
-    await fill(store, streams=2, rounds=4)
-    (v1, v2) = [e for e in await store.read_stream("s-0")][:2]
-    await store.close()
-    await db.close()
-    conn = sqlite3.connect(tmp_path / "psvis.db")  # the two events swap places in the log
-    conn.execute("UPDATE events SET data = ? WHERE position = ?", (v2.data, v1.position))
-    conn.execute("UPDATE events SET data = ? WHERE position = ?", (v1.data, v2.position))
-    conn.commit()
-    conn.close()
+    async with store_at(tmp_path / "psvis.db") as (_, store):
+        await fill(store, streams=2, rounds=4)
+        (v1, v2) = [e for e in await store.read_stream("s-0")][:2]
+    edit_log(  # the two events swap places in the log
+        tmp_path / "psvis.db",
+        ("UPDATE events SET data = ? WHERE position = ?", (v2.data, v1.position)),
+        ("UPDATE events SET data = ? WHERE position = ?", (v1.data, v2.position)),
+    )
 
-    db, reopened = open_store(tmp_path / "psvis.db")
-    try:
+    async with store_at(tmp_path / "psvis.db") as (_, reopened):
         for _ in range(2):  # each read rebuilds once, and says so
             with pytest.raises(LogUnreadable, match=r"'s-0' are not its versions 1\.\.n; run"):
                 await reopened.read_stream("s-0")
         assert [e.version for e in await reopened.read_stream("s-1")] == [1, 2, 3, 4, 5, 6, 7, 8]
-    finally:
-        await reopened.close()
-        await db.close()
 
 
 async def test_a_log_of_the_older_table_shape_is_rewritten_and_reads_the_same(
@@ -214,10 +228,7 @@ async def test_a_damaged_row_in_the_unindexed_tail_is_named_when_the_store_opens
     db, store = open_store(tmp_path / "psvis.db")
     await fill(store, streams=2, rounds=3)
     await db.close()  # the store is not closed: its tail is not in stream_index
-    conn = sqlite3.connect(tmp_path / "psvis.db")
-    conn.execute("UPDATE events SET data = x'ff' WHERE position = 4")
-    conn.commit()
-    conn.close()
+    edit_log(tmp_path / "psvis.db", ("UPDATE events SET data = x'ff' WHERE position = 4", ()))
     with pytest.raises(LogUnreadable, match="offset 4 is not an envelope"):
         open_store(tmp_path / "psvis.db")
 

@@ -106,6 +106,7 @@ class JobPool:
         start: Callable[[str], tuple[WorkerProcess, Connection]] = spawn_worker,
     ) -> None:
         self._workers: list[_Worker] = []
+        self._gone: list[_Worker] = []  # ended without answering
         self._given = 0
         try:
             for i in range(count):
@@ -146,7 +147,7 @@ class JobPool:
                     worker.process.join()
                 answer = WorkerGone(f"exit code {worker.process.exitcode}")
                 self._workers.remove(worker)
-                worker.conn.close()
+                self._gone.append(worker)  # its connection is closed by close(), after the send
             worker.job = None
             done.append((key, job, answer))
         return done
@@ -170,12 +171,12 @@ class JobPool:
 
     async def close(self) -> None:
         self._stop_all()
-        for worker in self._workers:
+        for worker in self._workers + self._gone:
             if worker.sending is not None:
                 with contextlib.suppress(OSError, TimeoutError):  # its fd must outlive the write
                     await asyncio.wait_for(asyncio.shield(worker.sending), 5)
             worker.conn.close()
-        self._workers = []
+        self._workers, self._gone = [], []
 
     def _stop_all(self) -> None:
         for worker in self._workers:
