@@ -272,6 +272,38 @@ async def test_one_bad_append_in_a_group_commit_fails_alone(tmp_path: Path) -> N
         await db.close()
 
 
+async def test_concurrent_appends_share_one_transaction_in_call_order(tmp_path: Path) -> None:
+    async with store_at(tmp_path / "psvis.db") as (_, store):
+        commits = store._checkpointer.commits
+        recorded = await asyncio.gather(
+            *(store.append(f"s-{k}", 0, [event(str(k))]) for k in range(32))
+        )
+        assert store._checkpointer.commits == commits + 1  # one group, one transaction
+        assert [r.position for (r,) in recorded] == list(range(32))
+        assert [r.stream_id for (r,) in recorded] == [f"s-{k}" for k in range(32)]
+
+
+async def test_a_lone_append_is_written_without_waiting_for_the_loop(tmp_path: Path) -> None:
+    """With no other task ready to run, no group can form: the append does not suspend."""
+    async with store_at(tmp_path / "psvis.db") as (_, store):
+        await asyncio.sleep(0)  # let whatever the test runner scheduled run first
+        pending = store.append("s", 0, [event("alone")])
+        try:
+            waits_on = pending.send(None)  # one step: it either finishes or suspends
+        except StopIteration as finished:
+            [recorded] = finished.value
+        else:
+            pending.close()
+            pytest.fail(f"the append suspended, waiting on {waits_on!r}")
+        assert recorded.position == 0 and recorded.version == 1
+        other = sqlite3.connect(tmp_path / "psvis.db")  # committed: another connection sees it
+        assert other.execute("SELECT COUNT(*) FROM events").fetchone() == (1,)
+        other.close()
+        with pytest.raises(ConcurrencyConflict):  # refusals are raised on this path too
+            await store.append("s", 0, [event("stale")])
+        assert await store.log_size() == 1
+
+
 WRITER = textwrap.dedent(
     """
     import asyncio, sys

@@ -67,7 +67,6 @@ class _Append:
     events: Sequence[NewEvent]
     ids: list[str]
     recorded_at: datetime
-    done: asyncio.Future[list[RecordedEvent]]
 
 
 class SqliteEventStore:
@@ -76,9 +75,11 @@ class SqliteEventStore:
     Appends are written on the event loop's thread, on a connection of their own: one short
     transaction costs less than handing it to another thread. Appends that arrive in the same
     turn of the loop share one transaction (group commit); the log keeps the order in which
-    append was called. Optimistic concurrency is checked against the stream heads kept by
-    StreamIndex; a position already taken (another process appended) makes the writer learn the
-    log it missed and decide again. Reads of pages go to the database's thread.
+    append was called. An append that no other task can join (nothing else is ready to run)
+    is written at once, without waiting for the end of the turn. Optimistic concurrency is
+    checked against the stream heads kept by StreamIndex; a position already taken (another
+    process appended) makes the writer learn the log it missed and decide again. Reads of
+    pages go to the database's thread.
     """
 
     def __init__(
@@ -90,7 +91,7 @@ class SqliteEventStore:
         self.log_id = log_id
         self.path = db.path  # the log's file, which replay workers open for themselves
         self._appended = asyncio.Event()
-        self._queue: list[_Append] = []
+        self._queue: list[tuple[_Append, asyncio.Future[list[RecordedEvent]]]] = []
         self._scheduled = False
         if db.path == ":memory:":
             # the appender's own connection would open a second, separate in-memory database
@@ -103,43 +104,54 @@ class SqliteEventStore:
     async def append(
         self, stream_id: str, expected_version: int, events: Sequence[NewEvent]
     ) -> list[RecordedEvent]:
-        loop = asyncio.get_running_loop()
         request = _Append(
             stream_id,
             expected_version,
             events,
             [self._ids.new_id() for _ in events],
             self._clock.now(),
-            loop.create_future(),
         )
-        self._queue.append(request)
+        loop = asyncio.get_running_loop()
+        if not self._queue and _nothing_else_ready(loop):
+            [result] = self._write_group([request])
+            if isinstance(result, Exception):
+                raise result
+            return result
+        done: asyncio.Future[list[RecordedEvent]] = loop.create_future()
+        self._queue.append((request, done))
         if not self._scheduled:
             self._scheduled = True
             loop.call_soon(self._write_queue)
-        return await request.done
+        return await done
 
     def _write_queue(self) -> None:
         queued, self._queue, self._scheduled = self._queue, [], False
-        group = [r for r in queued if not r.done.cancelled()]  # a cancelled caller wrote nothing
+        # a caller cancelled while queued has nothing written
+        waiting = [(r, done) for r, done in queued if not done.cancelled()]
+        results = self._write_group([request for request, _ in waiting])
+        for (_, done), result in zip(waiting, results, strict=True):
+            if isinstance(result, Exception):
+                done.set_exception(result)
+            else:
+                done.set_result(result)
+
+    def _write_group(self, group: list[_Append]) -> list[list[RecordedEvent] | Exception]:
+        """Write the appends in one transaction; each one's events, or why it was refused."""
         try:
             results = self._write(group)
         except Exception as e:  # the transaction as a whole failed: nothing was written
             results = [e] * len(group)
-        for request, result in zip(group, results, strict=True):
-            if isinstance(result, Exception):
-                request.done.set_exception(result)
-            else:
-                request.done.set_result(result)
-        self._appended.set()
-        self._appended = asyncio.Event()
+        self._appended.set()  # wakes the waiters of this turn; later ones wait for the next
+        self._appended.clear()
         if self._index.due:
             self._flush_index()
+        return results
 
     def _flush_index(self) -> None:
         """Write the index's tail; a failure only delays it (the index is derived from the log).
 
-        It runs after the callers have their results: their events are committed whatever
-        happens here.
+        It runs once the group's transaction is over: the callers' events are committed
+        whatever happens here.
         """
         try:
             self._index.flush()
@@ -278,6 +290,17 @@ class SqliteEventStore:
         finally:
             self._checkpointer.close()
             self._conn.close()
+
+
+def _nothing_else_ready(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether no other callback is waiting to run in this turn of the loop: no other task
+    can then append before the end of the turn, and a group would hold this append alone.
+
+    asyncio's own loops keep their ready callbacks in `_ready`; a loop without it (uvloop)
+    is taken to be busy, and every append there waits for the end of the turn.
+    """
+    ready = getattr(loop, "_ready", None)
+    return ready is not None and not ready
 
 
 def _still_disagrees(disagreement: IndexDisagrees) -> LogUnreadable:
