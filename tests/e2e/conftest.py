@@ -16,6 +16,7 @@ from pathlib import Path
 import grpc
 import pytest
 import pytest_asyncio
+from psvis.clock import Clock
 from psvis.grpc_server import channel_credentials
 from psvis.registry.v1 import registry_pb2_grpc as reg_grpc
 from psvis.server import RunningPlatform, start_platform
@@ -51,9 +52,15 @@ def settings(tmp_path: Path, city: str, backend: str) -> Settings:
     return s
 
 
+@pytest.fixture
+def clock() -> Clock | None:
+    """The platform's clock: the system's, unless a test parametrizes `clock` with its own."""
+    return None
+
+
 @pytest_asyncio.fixture
-async def platform(settings: Settings) -> AsyncIterator[RunningPlatform]:
-    running = await start_platform(settings)
+async def platform(settings: Settings, clock: Clock | None) -> AsyncIterator[RunningPlatform]:
+    running = await start_platform(settings, clock=clock)
     try:
         yield running
     finally:

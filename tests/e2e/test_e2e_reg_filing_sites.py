@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 from e2e_kit import (
     DENIED,
@@ -20,6 +22,7 @@ from e2e_kit import (
     version,
     xian_system,
 )
+from psvis.clock import FixedClock
 from psvis.registry.v1 import registry_pb2 as reg
 
 CONTENTS = ["main_device_types", "point_layout"]
@@ -30,9 +33,9 @@ async def file_system(stub, sid: str, on: str, contents: list[str] = CONTENTS):
     return await stub.FileSystem(reg.FileSystemRequest(system_id=sid, filing=filing))
 
 
-async def accepted_system(stub, accepted_on: str) -> str:
+async def accepted_system(stub, accepted_on: str, built_on: str = "2024-01-10") -> str:
     sid = await register(stub)
-    await build(stub, sid)
+    await build(stub, sid, built_on)
     await accept(stub, sid, accepted_on)
     return sid
 
@@ -64,6 +67,42 @@ async def test_reg1_wuhan_late_filing_is_open_until_filed_then_resolved(clients)
     assert (after.status, after.article, after.since) == ("resolved", "Wuhan 9", "2024-02-15")
 
 
+@pytest.mark.parametrize("clock", [FixedClock(datetime(2024, 2, 14, 17, 0, tzinfo=UTC))])
+async def test_reg1_findings_default_to_today_in_the_city_not_on_the_servers_clock(clients):
+    """17:00 UTC on the due day is 01:00 the next day in China (UTC+8): the filing is late,
+    and still open (on 2024-02-14 there was no finding; after 2024-02-20 it is resolved)."""
+    sid = await accepted_system(clients.unit, "2024-01-15")  # due 2024-02-14
+    await file_system(clients.unit, sid, "2024-02-20")
+    found = await clients.police.ListFindings(reg.ListFindingsRequest(spec="REG-1"))
+    [late] = [f for f in found.findings if f.subject == f"system-{sid}"]
+    assert (late.status, late.since) == ("open", "2024-02-15")
+
+
+async def test_reg1_a_removed_system_keeps_its_missed_filing_closed(clients):
+    """Removing a system does not erase that it was never filed: the finding is closed."""
+    sid = await accepted_system(clients.unit, "2024-01-15")  # due 2024-02-14, never filed
+    removal = reg.SystemRemoved(
+        removed_on="2024-06-30", reason="urban works", reported_on="2024-06-15"
+    )
+    await clients.unit.RemoveSystem(reg.RemoveSystemRequest(system_id=sid, removal=removal))
+    (before,) = await findings(clients.police, "2024-06-29", "REG-1", f"system-{sid}")
+    assert before.status == "open"
+    for as_of in ("2024-06-30", "2025-01-01"):
+        (after,) = await findings(clients.police, as_of, "REG-1", f"system-{sid}")
+        assert (after.status, after.since, after.article) == ("closed", "2024-02-15", "Wuhan 9")
+        assert "removed on 2024-06-30" in after.detail, after.detail
+    await expect(file_system(clients.unit, sid, "2024-07-01"), REFUSED, "removed")
+
+
+async def test_reg1_a_system_removed_before_its_deadline_has_no_filing_finding(clients):
+    sid = await accepted_system(clients.unit, "2024-01-15")  # due 2024-02-14
+    removal = reg.SystemRemoved(
+        removed_on="2024-02-01", reason="urban works", reported_on="2024-01-20"
+    )
+    await clients.unit.RemoveSystem(reg.RemoveSystemRequest(system_id=sid, removal=removal))
+    assert await findings(clients.police, "2024-06-01", "REG-1", f"system-{sid}") == []
+
+
 async def test_reg1_wuhan_filing_in_time_is_never_a_finding(clients):
     sid = await accepted_system(clients.unit, "2024-01-15")
     await file_system(clients.unit, sid, "2024-02-14")
@@ -82,7 +121,8 @@ async def test_reg1_wuhan_filing_without_required_contents_is_refused(clients):
 
 
 async def test_reg1_wuhan_acceptance_before_in_force_has_no_deadline(clients):
-    sid = await accepted_system(clients.unit, "2023-01-10")  # the Measures apply from 2023-03-01
+    # the Measures apply from 2023-03-01
+    sid = await accepted_system(clients.unit, "2023-01-10", built_on="2023-01-05")
     assert await findings(clients.police, "2024-06-01", "REG-1", f"system-{sid}") == []
 
 

@@ -81,6 +81,21 @@ async def test_reg5_steps_out_of_order_cite_the_lifecycle_not_a_city_rule(client
     assert await version(clients.unit, sid) == v
 
 
+async def test_reg5_steps_dated_before_the_step_they_follow_are_refused(clients):
+    sid = await register(clients.unit)
+    await build(clients.unit, sid, "2024-01-10")
+    await expect(accept(clients.unit, sid, "2024-01-09"), REFUSED,
+                 "acceptance.accepted_on 2024-01-09 is before the system's construction on 2024-01-10",
+                 "REG-5")  # fmt: skip
+    await accept(clients.unit, sid, "2024-01-10")  # the same day is in order
+    await expect(use(clients.unit, sid, "2024-01-01"), REFUSED, "use.in_use_on", "acceptance")
+    await use(clients.unit, sid, "2024-02-01")
+    await expect(remove(clients.unit, sid, removed_on="2024-01-31", reported_on="2024-01-15"),
+                 REFUSED, "removal.date 2024-01-31 is before the system's going into use")  # fmt: skip
+    view = await get(clients.unit, sid)
+    assert (view.state, view.version) == ("in_use", 4)  # nothing recorded for the refused dates
+
+
 async def test_reg5_failed_acceptance_must_list_defects(clients):
     sid = await register(clients.unit)
     await build(clients.unit, sid)

@@ -172,6 +172,17 @@ async def test_reg9_xian_requires_training_but_no_police_filing(clients):
     assert (f.article, f.status) == ("Xi'an 22(2)", "open") and "p-1" in f.detail
 
 
+async def test_reg9_a_person_registered_again_is_one_record_whose_training_counts(clients):
+    sid = await in_use_system(clients.unit)
+    await person(clients.unit, sid, "p-1")
+    await person(clients.unit, sid, "p-1", trained="2024-03-05", filed="2024-03-06")
+    view = await clients.police.GetSystem(reg.GetSystemRequest(system_id=sid))
+    assert [(p.person_id, p.trained_on) for p in view.personnel] == [("p-1", "2024-03-05")]
+    before = await findings(clients.police, "2024-03-01", "REG-9", f"system-{sid}")
+    assert len(before) == 2  # neither trained nor filed yet on that day
+    assert await findings(clients.police, "2024-03-10", "REG-9", f"system-{sid}") == []
+
+
 async def test_reg9_bad_person_record_is_invalid(clients):
     sid = await register(clients.unit)
     await expect(person(clients.unit, sid, "p 1"), INVALID, "person_id")

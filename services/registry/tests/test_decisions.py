@@ -80,6 +80,9 @@ def test_reg5_failed_acceptance_needs_rectification_then_reacceptance(pack: Rule
     with pytest.raises(FailedPrecondition, match="is rectification: acceptance does not apply"):
         rules.record_acceptance(state, again, pack)
     evolve(state, reg.RectificationCompleted(completed_on="2024-02-08"))
+    with pytest.raises(FailedPrecondition, match="before the system's rectification on 2024-02-08"):
+        rules.record_acceptance(state, again, pack)  # dated before the rectification it follows
+    again.accepted_on = "2024-02-09"
     assert isinstance(rules.record_acceptance(state, again, pack), Accepted)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Protocol
 
 
@@ -28,6 +28,15 @@ class FixedClock:
 
     def advance(self, delta: timedelta) -> None:
         self._now += delta
+
+
+# The cities whose regulations the packs carry are all in China: one time zone, no DST.
+CHINA_STANDARD_TIME = timezone(timedelta(hours=8), "CST")
+
+
+def city_date(moment: datetime) -> date:
+    """The calendar date in the cities at `moment`: what "today" means to a deadline there."""
+    return moment.astimezone(CHINA_STANDARD_TIME).date()
 
 
 class IdSource(Protocol):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from datetime import date
 from typing import Any
 
 import grpc
@@ -253,7 +252,7 @@ class RegistryApi(reg_grpc.RegistryServiceServicer):
         self, request: reg.ListFindingsRequest, context: grpc.aio.ServicerContext
     ) -> reg.ListFindingsResponse:
         authorise(context, "ListFindings")
-        as_of = v.need_date(request.as_of, "as_of") if request.as_of else date.today()
+        as_of = v.need_date(request.as_of, "as_of") if request.as_of else self._r.today()
         if request.spec and not SPEC_ID.fullmatch(request.spec):
             raise InvalidArgument(
                 f"spec {v.shown(request.spec)} is not a requirement id like REG-7"

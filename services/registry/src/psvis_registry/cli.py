@@ -362,7 +362,9 @@ def add_cli(sub: Any) -> None:
     p = commands.add_parser(
         "findings", help="compliance findings with article (REG-1, 3, 7, 8, 9, 12)"
     )
-    p.add_argument("--as-of", help="date to evaluate at (default today)")
+    p.add_argument(
+        "--as-of", help="date to evaluate at, YYYY-MM-DD (default: today in China, UTC+8)"
+    )
     p.add_argument("--spec", help="only this requirement, e.g. REG-1")
     add_connection_flags(p)
     p.set_defaults(run=_findings)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import date
 
 from google.protobuf.message import Message
 from psvis.decision import Aggregate, Refused
@@ -34,6 +35,8 @@ class SystemState:
     managing_unit: str = ""
     site_category: str = ""
     cameras: set[str] = field(default_factory=set)
+    # the latest dated lifecycle step (REG-5, REG-6): what it was, and its ISO date
+    last_step: tuple[str, str] = ("", "")
 
     def require_registered(self) -> None:
         if not self.registered:
@@ -44,6 +47,19 @@ class SystemState:
         if self.state == REMOVED:
             raise FailedPrecondition(
                 f"system {self.system_id} was removed; {command} does not apply"
+            )
+
+    def require_dated_in_order(self, day: date, field: str) -> None:
+        """Lifecycle steps happen in order, so their dates do: none before the step it follows."""
+        what, on = self.last_step
+        try:
+            last = date.fromisoformat(on)
+        except ValueError:  # none yet (or an older log's unreadable date): nothing to follow
+            return
+        if day < last:
+            raise FailedPrecondition(
+                f"{field} {day} is before the system's {what} on {on}: the lifecycle's steps"
+                " are dated in the order they happen (REG-5)"
             )
 
     def require_camera(self, camera_id: str) -> None:
@@ -63,18 +79,25 @@ def evolve(state: SystemState, event: Message) -> None:
             state.cameras = {c.camera_id for c in event.cameras}
         case reg.DesignReviewed():
             state.state = REVIEWED if event.passed else REJECTED
+            state.last_step = ("design review", event.reviewed_on)
         case reg.ConstructionCompleted():
             state.state = BUILT
+            state.last_step = ("construction", event.completed_on)
         case reg.AcceptanceRecorded():
             state.state = ACCEPTED if event.passed else RECTIFICATION
+            state.last_step = ("acceptance", event.accepted_on)
         case reg.RectificationCompleted():
             state.state = RECTIFIED
+            state.last_step = ("rectification", event.completed_on)
         case reg.SystemPutIntoUse():
             state.state = IN_USE
+            state.last_step = ("going into use", event.in_use_on)
         case reg.SystemRelocated():
             state.site_category = event.new_site.category
+            state.last_step = ("relocation", event.relocated_on)
         case reg.SystemRemoved():
             state.state = REMOVED
+            state.last_step = ("removal", event.removed_on)
         case _:
             pass
 

@@ -88,6 +88,20 @@ def relocation_findings(doc: Document, pack: RulePack, as_of: date) -> Iterator[
         )
 
 
+def removal_findings(doc: Document, pack: RulePack, removed: date) -> Iterator[reg.Finding]:
+    """A removed system's missed deadlines (REG-1, REG-6) as they stood when it was removed.
+
+    Removing a system does not undo that it was filed or reported late, or never: those
+    findings stay, and the ones still open at the removal are closed (nothing can be filed
+    for a removed system any more).
+    """
+    for found in [*filing_findings(doc, pack, removed), *relocation_findings(doc, pack, removed)]:
+        if found.status == "open":
+            found.status = "closed"
+            found.detail += f"; the system was removed on {removed}"
+        yield found
+
+
 def removed_by(doc: Document, view: reg.SystemView, as_of: date) -> bool:
     """Whether the system had been removed on as_of (one removed on an unknown day: yes)."""
     if view.state != domain.REMOVED:
@@ -117,7 +131,12 @@ def site_on(doc: Document, view: reg.SystemView, as_of: date) -> str:
 
 def system_findings(doc: Document, pack: RulePack, as_of: date) -> Iterator[reg.Finding]:
     view = view_of(doc)
-    if not view.system_id or removed_by(doc, view, as_of):
+    if not view.system_id:
+        return
+    if removed_by(doc, view, as_of):
+        removed = _d(doc.get("removed_on", ""))
+        if removed is not None:
+            yield from removal_findings(doc, pack, removed)
         return
     subject = f"system-{view.system_id}"
     yield from filing_findings(doc, pack, as_of)

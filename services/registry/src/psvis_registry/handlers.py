@@ -7,6 +7,7 @@ from datetime import date
 from typing import Any
 
 from google.protobuf.message import Message
+from psvis.clock import city_date
 from psvis.decision import Decision, execute
 from psvis.envelope import Actor, NewEvent, RecordedEvent
 from psvis.errors import AlreadyExists, ConcurrencyConflict, PermissionDenied, RuleRefusal
@@ -96,6 +97,10 @@ class Registry:
 
     async def system_docs(self) -> list[dict[str, object]]:
         return [doc for _, doc in await self._p.reads.list(SYSTEMS) if doc.get("view")]
+
+    def today(self) -> date:
+        """Today in the city, by the platform's clock."""
+        return city_date(self._p.clock.now())
 
     async def findings(self, as_of: date) -> list[reg.Finding]:
         sites = [doc for _, doc in await self._p.reads.list(SITES)]

@@ -172,6 +172,17 @@ def _relocated(doc: Document, view: View, event: Any, env: pb.EventEnvelope) -> 
     doc["relocations"].append(moved)
 
 
+def _person(doc: Document, view: View, event: Any, env: pb.EventEnvelope) -> None:
+    """A person registered again (their training or police filing recorded later, say):
+    their record is replaced where it stands, so each person_id is listed once."""
+    personnel, person = view.setdefault("personnel", []), json_dict(event)
+    for i, known in enumerate(personnel):
+        if known.get("person_id", "") == event.person_id:
+            personnel[i] = person
+            return
+    personnel.append(person)
+
+
 def _classified(doc: Document, view: View, event: Any, env: pb.EventEnvelope) -> None:
     view["classification"] = json_dict(event.classification)
 
@@ -194,7 +205,7 @@ _EDITS: dict[type[Message], Edit] = {
     reg.SystemRemoved: _removed,
     reg.ArchiveAttached: _appends("archives"),
     reg.SignageInstalled: _signage,
-    reg.MonitoringPersonnelRegistered: _appends("personnel"),
+    reg.MonitoringPersonnelRegistered: _person,
     reg.ClassificationSet: _classified,
     reg.InspectionRecorded: _appends("inspections"),
     reg.CommandRefused: _refused,

@@ -132,11 +132,19 @@ def file_system(state: SystemState, cmd: reg.SystemFiled, pack: RulePack) -> Dec
     return Accepted(cmd)
 
 
+def _step_on(state: SystemState, value: str, field: str) -> date:
+    """The date of a lifecycle step: a date, and not before the step it follows."""
+    day = v.need_date(value, field)
+    state.require_dated_in_order(day, field)
+    return day
+
+
 def review_design(state: SystemState, cmd: reg.DesignReviewed, pack: RulePack) -> Decision:
     state.require_not_removed("a design review")
     v.need_date(cmd.reviewed_on, "review.reviewed_on")
     if state.state not in (PLANNED, REJECTED):
         _out_of_order(state, "a design review")
+    _step_on(state, cmd.reviewed_on, "review.reviewed_on")
     return Accepted(cmd)
 
 
@@ -144,7 +152,7 @@ def complete_construction(
     state: SystemState, cmd: reg.ConstructionCompleted, pack: RulePack
 ) -> Decision:
     state.require_not_removed("construction")
-    v.need_date(cmd.completed_on, "construction.completed_on")
+    _step_on(state, cmd.completed_on, "construction.completed_on")
     review = pack.rule("lifecycle.design_review")  # REG-5: no building before a passed review
     # Xi'an 14 para 1: the review is required of systems at the mandatory sites of Xi'an 9
     required = review.param("required", False) and state.site_category in mandatory_categories(pack)
@@ -162,6 +170,7 @@ def record_acceptance(state: SystemState, cmd: reg.AcceptanceRecorded, pack: Rul
         raise InvalidArgument("acceptance.defects: a failed acceptance lists its defects")
     if state.state not in ACCEPTANCE_READY:
         _out_of_order(state, "acceptance")
+    _step_on(state, cmd.accepted_on, "acceptance.accepted_on")
     return Accepted(cmd)
 
 
@@ -172,6 +181,7 @@ def complete_rectification(
     v.need_date(cmd.completed_on, "rectification.completed_on")
     if state.state != RECTIFICATION:
         _out_of_order(state, "rectification")
+    _step_on(state, cmd.completed_on, "rectification.completed_on")
     return Accepted(cmd)
 
 
@@ -180,6 +190,7 @@ def put_into_use(state: SystemState, cmd: reg.SystemPutIntoUse, pack: RulePack) 
     v.need_date(cmd.in_use_on, "use.in_use_on")
     if state.state == IN_USE:
         _out_of_order(state, "going into use")
+    _step_on(state, cmd.in_use_on, "use.in_use_on")
     if state.state != ACCEPTED:  # REG-5: nothing goes into use without passed acceptance
         rule = pack.rule("lifecycle.acceptance_before_use")
         reason = f"system {state.system_id} is {state.state}, not accepted"
@@ -248,7 +259,7 @@ def _move_timing(
 
 def relocate(state: SystemState, cmd: reg.SystemRelocated, pack: RulePack) -> Decision:
     state.require_not_removed("relocation")
-    moved_on = v.need_date(cmd.relocated_on, "relocation.date")  # rule or not: findings need it
+    moved_on = _step_on(state, cmd.relocated_on, "relocation.date")  # findings need it too
     _site(cmd.new_site, "relocation.new_site", pack)
     refusal = _move_timing("relocation", state, moved_on, cmd, pack)
     return refusal or Accepted(cmd)
@@ -256,7 +267,7 @@ def relocate(state: SystemState, cmd: reg.SystemRelocated, pack: RulePack) -> De
 
 def remove(state: SystemState, cmd: reg.SystemRemoved, pack: RulePack) -> Decision:
     state.require_not_removed("removal")
-    removed_on = v.need_date(cmd.removed_on, "removal.date")  # rule or not: findings need it
+    removed_on = _step_on(state, cmd.removed_on, "removal.date")  # findings need it too
     v.required(cmd.reason, "removal.reason")
     rule = pack.rule("removal")
     allowed = [] if rule.silent else rule.param("allowed_reasons", [])
