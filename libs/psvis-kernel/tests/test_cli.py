@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 
 def test_a_reader_that_stops_early_gets_no_traceback() -> None:
@@ -76,3 +79,31 @@ def test_registry_commands_refuse_bad_arguments_before_calling(tmp_path) -> None
         )  # fmt: skip
         assert run.returncode in (1, 2) and "Traceback" not in run.stderr, (args, run.stderr)
         assert message in run.stderr, (args, run.stderr)
+
+
+def test_rules_check_without_packs_checks_those_the_platform_would_find(tmp_path) -> None:
+    """Run outside the checkout (no ./rules there): the checkout's packs, and PSVIS_RULES_DIR's."""
+    (tmp_path / "extra").mkdir()
+    (tmp_path / "extra" / "broken.toml").write_text("[pack]\ncity = 'x'\n")
+    env = {**os.environ, "PSVIS_RULES_DIR": str(tmp_path / "extra")}
+    run = subprocess.run(
+        [sys.executable, "-m", "psvis.cli.main", "rules", "check", "--json"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env,
+    )  # fmt: skip
+    checked = {Path(r["pack"]).name: r["ok"] for r in json.loads(run.stdout)}
+    assert checked["wuhan.toml"] and checked["xian.toml"], checked
+    assert checked["broken.toml"] is False and run.returncode == 1
+
+
+def test_the_serve_banner_tells_clients_where_a_non_default_server_is() -> None:
+    from psvis.cli.main import _client_flags
+    from psvis.settings import Settings
+
+    default = Settings(data_dir=Path(".psvis"), listen="127.0.0.1:50051")
+    assert _client_flags(default, 50051) == "--as dev-police"
+    moved = Settings(data_dir=Path("/srv/psvis"), listen="0.0.0.0:7000")
+    assert (
+        _client_flags(moved, 7000) == "--as dev-police --server localhost:7000 --pki /srv/psvis/pki"
+    )
+    ipv6 = Settings(data_dir=Path(".psvis"), listen="[::1]:0")
+    assert _client_flags(ipv6, 41234) == "--as dev-police --server [::1]:41234"

@@ -11,6 +11,7 @@ from typing import Any
 
 from google.protobuf.message import Message
 from psvis.cli.client import (
+    CliError,
     add_connection_flags,
     channel,
     payload_from,
@@ -151,7 +152,7 @@ def _run_command(command: Command, args: argparse.Namespace) -> int:
         try:
             content = Path(args.document).read_bytes()
         except OSError as e:
-            raise SystemExit(f"error: --document {args.document}: {e.strerror or e}") from None
+            raise CliError(f"--document {args.document}: {e.strerror or e}") from None
         payload.sha256 = hashlib.sha256(content).hexdigest()  # type: ignore[attr-defined,unused-ignore]
     payload = payload_from(args, payload)
     request = command.request(system_id=args.system_id, expected_version=args.expected_version)

@@ -13,12 +13,22 @@ from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import json_format
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.json_format import MessageToDict, ParseDict
 from google.protobuf.message import Message
 
 from psvis.grpc_server import channel_credentials
 
 M = TypeVar("M", bound=Message)
+
+
+class CliError(Exception):
+    """Why a command cannot go on: one line for the user and an exit status; for --json
+    readers also a code, the gRPC status's name when the platform refused the call."""
+
+    def __init__(self, message: str, *, status: int = 2, code: str = "CLIENT_ERROR") -> None:
+        super().__init__(message)
+        self.status, self.code = status, code
 
 
 def add_connection_flags(parser: argparse.ArgumentParser) -> None:
@@ -48,15 +58,17 @@ def channel(args: argparse.Namespace) -> grpc.aio.Channel:
     cert, key = pki / f"{args.identity}.crt", pki / f"{args.identity}.key"
     for path in (pki / "ca.crt", cert, key):
         if not path.exists():
-            raise SystemExit(
-                f"error: {path} not found; start the platform once (make run) or pass --pki"
-            )
+            raise CliError(f"{path} not found; start the platform once (make run) or pass --pki")
     return grpc.aio.secure_channel(args.server, channel_credentials(pki / "ca.crt", cert, key))
 
 
 def to_json(message: Message) -> str:
     return json.dumps(
-        MessageToDict(message, preserving_proto_field_name=True), indent=2, ensure_ascii=False
+        MessageToDict(
+            message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+        ),
+        indent=2,
+        ensure_ascii=False,
     )
 
 
@@ -82,9 +94,7 @@ def payload_from(args: argparse.Namespace, message: M) -> M:
         try:
             text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
         except (OSError, UnicodeDecodeError) as e:
-            raise SystemExit(
-                f"error: --file {args.file}: {getattr(e, 'strerror', None) or e}"
-            ) from None
+            raise CliError(f"--file {args.file}: {getattr(e, 'strerror', None) or e}") from None
     elif getattr(args, "data", None):
         text = args.data
     if text:
@@ -92,16 +102,28 @@ def payload_from(args: argparse.Namespace, message: M) -> M:
         try:
             ParseDict(json.loads(text), base)
         except (ValueError, json_format.ParseError) as e:
-            raise SystemExit(
-                f"error: the JSON payload does not fit {base.DESCRIPTOR.name}: {e}"
-            ) from None
-        base.MergeFrom(message)
+            raise CliError(f"the JSON payload does not fit {base.DESCRIPTOR.name}: {e}") from None
+        _overlay(base, message)
         return base
     return message
 
 
+def _overlay(base: Message, top: Message) -> None:
+    """Set on base every field set on top, at any depth: a list given by flags replaces the
+    JSON's list (MergeFrom would append to it)."""
+    for field, value in top.ListFields():
+        if field.label == FieldDescriptor.LABEL_REPEATED:  # lists and maps
+            base.ClearField(field.name)
+            getattr(base, field.name).MergeFrom(value)
+        elif field.message_type is not None:
+            getattr(base, field.name).SetInParent()
+            _overlay(getattr(base, field.name), value)
+        else:
+            setattr(base, field.name, value)
+
+
 def run_rpc(work: Callable[[], Awaitable[Any]]) -> int:
-    """Run one client call; gRPC errors become one readable line and exit status 1."""
+    """Run one client call; a gRPC error becomes a CliError with exit status 1."""
 
     async def main() -> Any:
         return await work()
@@ -109,6 +131,6 @@ def run_rpc(work: Callable[[], Awaitable[Any]]) -> int:
     try:
         asyncio.run(main())
     except grpc.aio.AioRpcError as e:
-        print(f"error: {e.code().name}: {e.details()}", file=sys.stderr)
-        return 1
+        name = e.code().name
+        raise CliError(f"{name}: {e.details()}", status=1, code=name) from None
     return 0

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from psvis.cli.client import CliError
 from psvis.platform import discover_services
 from psvis.rulepack import RulePackError, check_requirements, load_pack
 from psvis.settings import Settings
@@ -73,7 +74,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         console.print(
             f"  certificates: {pki.resolve()} (dev CA; clients dev-unit, dev-unit-2, dev-police, dev-auditor)"
         )
-        console.print("  try:          .venv/bin/psvis registry list --as dev-police")
+        console.print(
+            f"  try:          .venv/bin/psvis registry list {_client_flags(settings, p.port)}"
+        )
         console.print("  stop with Ctrl-C")
 
     logging.basicConfig(
@@ -83,17 +86,32 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         asyncio.run(serve(settings, ready))
     except (RulePackError, RuntimeError, ValueError) as e:
-        console.print(f"[red]error:[/] {escape(str(e))}")
-        return 2
+        raise CliError(str(e)) from None
     return 0
+
+
+def _client_flags(settings: Settings, port: int) -> str:
+    """The flags a client on this machine needs for this server (the clients' defaults are
+    localhost:50051 and .psvis/pki)."""
+    flags = ["--as dev-police"]
+    host = settings.listen.rsplit(":", 1)[0].strip("[]")
+    if host in ("0.0.0.0", "::", ""):  # every interface: this machine's clients use loopback
+        host = "localhost"
+    elif ":" in host:  # an IPv6 address
+        host = f"[{host}]"
+    if f"{host}:{port}" not in ("localhost:50051", "127.0.0.1:50051"):
+        flags.append(f"--server {host}:{port}")
+    if settings.pki_dir.resolve() != Path(".psvis/pki").resolve():
+        flags.append(f"--pki {settings.pki_dir}")
+    return " ".join(flags)
 
 
 def cmd_rules_check(args: argparse.Namespace) -> int:
     """RULES-1: every pack parses, cites its own city, and gives every service what it needs."""
-    paths = args.packs or sorted((Path.cwd() / "rules").glob("*.toml"))
+    paths = args.packs or _packs_in(Settings().rules_dirs)
     if not paths:
-        console.print("[red]error:[/] no rule packs given and none in ./rules")
-        return 2
+        where = ", ".join(str(d) for d in Settings().rules_dirs)
+        raise CliError(f"no rule packs given and none in {where} (PSVIS_RULES_DIR adds folders)")
     needs = [n for s in discover_services() for n in s.needs]
     report: list[dict[str, Any]] = []
     failed = False
@@ -120,6 +138,15 @@ def cmd_rules_check(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _packs_in(folders: list[Path]) -> list[Path]:
+    """The packs (*.toml) the platform would find, each file once, in the folders' order."""
+    found: dict[Path, Path] = {}
+    for folder in folders:
+        for path in sorted(folder.glob("*.toml")):
+            found.setdefault(path.resolve(), path)
+    return list(found.values())
+
+
 def _progress(label: str, total: int) -> Progress:
     return Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     console=console, transient=True)  # fmt: skip
@@ -131,14 +158,12 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     from psvis.signing import key_id, load_public_key, public_path
 
     settings = _settings(args)
-    if not _log_exists(settings):
-        return 2
+    _need_log(settings)
     key_files = args.key or [public_path(settings.notary_key)]
     try:
         keys = [load_public_key(Path(k).read_bytes()) for k in key_files]
     except (OSError, ValueError) as e:
-        console.print(f"[red]error:[/] notary public key: {escape(str(e))}")
-        return 2
+        raise CliError(f"notary public key: {e}") from None
 
     async def run() -> dict[str, Any]:
         log = await open_for_audit(settings)
@@ -180,23 +205,21 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     return 0 if report["ok"] else 1
 
 
-def _log_exists(settings: Settings) -> bool:
-    """Whether the embedded log is there to audit; says where it looked when it is not."""
+def _need_log(settings: Settings) -> None:
+    """The embedded log must be there to audit; the error says where it looked."""
     if settings.backend == "embedded" and not settings.sqlite_path.is_file():
-        console.print(
-            f"[red]error:[/] no event log at {escape(str(settings.sqlite_path))}"
+        raise CliError(
+            f"no event log at {settings.sqlite_path}"
             " (give the platform's data folder with --data-dir or PSVIS_DATA_DIR)"
         )
-        return False
-    return True
 
 
 def _parse_time(text: str) -> datetime:
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
-        raise SystemExit(
-            f"error: --until {text!r} is not a time like 2024-03-01 or 2024-03-01T12:00:00+08:00"
+        raise CliError(
+            f"--until {text!r} is not a time like 2024-03-01 or 2024-03-01T12:00:00+08:00"
         ) from None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
@@ -218,17 +241,14 @@ def cmd_audit_replay(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     until = _parse_time(args.until) if args.until else None
-    if not _log_exists(settings):
-        return 2
+    _need_log(settings)
     if args.into and Path(args.into).exists():
-        console.print(
-            f"[red]error:[/] {escape(args.into)} exists; --into takes a new file (a replay"
-            " starts from empty read models, and would empty it)"
+        raise CliError(
+            f"{args.into} exists; --into takes a new file (a replay starts from empty read"
+            " models, and would empty it)"
         )
-        return 2
     if args.into and not Path(args.into).parent.is_dir():
-        console.print(f"[red]error:[/] no folder {escape(str(Path(args.into).parent))} for --into")
-        return 2
+        raise CliError(f"no folder {Path(args.into).parent} for --into")
     services = discover_services()
     projections = [p for s in services for p in s.projections]
     collections = [c for s in services for c in s.collections]
@@ -270,8 +290,7 @@ def cmd_audit_replay(args: argparse.Namespace) -> int:
 
     outcome = asyncio.run(run())
     if isinstance(outcome, str):
-        console.print(f"[red]error:[/] {escape(outcome)}")
-        return 1
+        raise CliError(outcome, status=1)
     if args.json:
         print(json.dumps(outcome, indent=2, ensure_ascii=False, sort_keys=True))
         return 0
@@ -300,18 +319,15 @@ def cmd_certs_issue(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     if not IDENTIFIER.fullmatch(args.agency) or args.agency in RESERVED_NAMES:
-        console.print(
-            f"[red]error:[/] agency {escape(repr(args.agency))} must be 1-64 letters, digits, '.',"
-            f" '_', ':' or '-', and not {' or '.join(sorted(RESERVED_NAMES))} (the CA's and the"
-            " server's own files)"
+        raise CliError(
+            f"agency {args.agency!r} must be 1-64 letters, digits, '.', '_', ':' or '-', and not"
+            f" {' or '.join(sorted(RESERVED_NAMES))} (the CA's and the server's own files)"
         )
-        return 2
     if not (settings.pki_dir / "ca.key").is_file():
-        console.print(
-            f"[red]error:[/] no development CA in {escape(str(settings.pki_dir))}"
+        raise CliError(
+            f"no development CA in {settings.pki_dir}"
             " (the platform makes one when it first starts on that data folder)"
         )
-        return 2
     identity = issue_client(settings.pki_dir, args.agency, args.role)
     out.print(f"issued {identity.cert} for {args.agency} as {args.role}")
     return 0
@@ -422,6 +438,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args))
+    except CliError as e:
+        if getattr(args, "json", False):  # a script reading stdout learns why, too
+            error = {"error": {"code": e.code, "message": str(e)}}
+            print(json.dumps(error, indent=2, ensure_ascii=False))
+        console.print(f"[red]error:[/] {escape(str(e))}")
+        return e.status
     except BrokenPipeError:
         # the reader went away (`psvis ... | head`): stop quietly, as other command-line tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

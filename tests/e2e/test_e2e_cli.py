@@ -1,0 +1,97 @@
+"""The `psvis registry` commands against a running platform, as a user's shell runs them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from dataclasses import dataclass
+
+from e2e_kit import system
+from google.protobuf.json_format import MessageToDict
+from psvis.server import RunningPlatform
+from psvis.settings import Settings
+
+
+@dataclass
+class Run:
+    status: int
+    stdout: str
+    stderr: str
+
+    @property
+    def json(self) -> dict:
+        return json.loads(self.stdout)
+
+
+async def psvis(
+    platform: RunningPlatform, settings: Settings, *args: str, identity: str = "dev-unit"
+) -> Run:
+    """One `psvis registry ...` in a process of its own (the platform runs in this one)."""
+    connection = [
+        "--server",
+        f"localhost:{platform.port}",
+        "--pki",
+        str(settings.pki_dir),
+        "--as",
+        identity,
+    ]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "psvis.cli.main", "registry", *args, *connection,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert "Traceback" not in err.decode(), err.decode()
+    return Run(proc.returncode or 0, out.decode(), err.decode())
+
+
+async def test_a_unit_files_and_moves_a_system_through_the_cli(platform, settings):
+    registered = MessageToDict(system("gate-1"), preserving_proto_field_name=True)
+    run = await psvis(platform, settings, "register", "--data", json.dumps(registered), "--json")
+    assert run.status == 0 and run.json["stream_id"] == "system-gate-1", run.stderr
+    assert run.json["version"] == "1"
+    for step in (["build", "gate-1", "--on", "2024-01-10"],
+                 ["accept", "gate-1", "--on", "2024-01-15", "--passed"],
+                 ["use", "gate-1", "--on", "2024-02-01"]):  # fmt: skip
+        run = await psvis(platform, settings, *step)
+        assert run.status == 0 and run.stdout.startswith("ok: system-gate-1 is at version"), run
+    view = (await psvis(platform, settings, "get", "gate-1", "--json")).json
+    assert (view["state"], view["in_use_on"], view["version"]) == ("in_use", "2024-02-01", "4")
+    text = await psvis(platform, settings, "get", "gate-1")
+    assert "gate-1  Gate cameras  [in_use]  v4" in text.stdout
+
+
+async def test_flags_replace_the_lists_of_the_json_payload(platform, settings):
+    registered = MessageToDict(system("gate-2"), preserving_proto_field_name=True)
+    await psvis(platform, settings, "register", "--data", json.dumps(registered))
+    payload = json.dumps({"camera_ids": ["cam-x"], "installed_on": "2024-01-01"})
+    run = await psvis(platform, settings, "signage", "gate-2", "--camera", "cam-1", "--on", "2024-01-20",
+                      "--data", payload)  # fmt: skip
+    assert run.status == 0, run.stderr  # cam-x (no such camera) was replaced, not added to
+    view = (await psvis(platform, settings, "get", "gate-2", "--json")).json
+    assert view["signed_camera_ids"] == ["cam-1"]
+
+
+async def test_json_output_keeps_its_keys_when_empty(platform, settings):
+    run = await psvis(
+        platform, settings, "list", "--unit", "nobody", "--json", identity="dev-police"
+    )
+    assert run.status == 0 and run.json == {"systems": [], "next_page_token": ""}, run
+    text = await psvis(platform, settings, "list", "--unit", "nobody", identity="dev-police")
+    assert text.stdout.strip() == "no systems"
+
+
+async def test_errors_reach_a_json_reader_on_stdout_and_a_person_on_stderr(platform, settings):
+    refused = await psvis(
+        platform, settings, "use", "no-such-system", "--on", "2024-01-01", "--json"
+    )
+    assert refused.status == 1
+    assert refused.json["error"]["code"] == "NOT_FOUND"
+    assert "no-such-system" in refused.json["error"]["message"]
+    assert "error: NOT_FOUND" in refused.stderr
+    denied = await psvis(platform, settings, "cameras", "--json")  # dev-unit: not the police
+    assert denied.status == 1 and denied.json["error"]["code"] == "PERMISSION_DENIED"
+    unknown = await psvis(platform, settings, "list", "--json", identity="nobody-here")
+    assert unknown.status == 2 and unknown.json["error"]["code"] == "CLIENT_ERROR"
+    assert "nobody-here.crt not found" in unknown.json["error"]["message"]
+    assert "nobody-here.crt not found" in unknown.stderr
