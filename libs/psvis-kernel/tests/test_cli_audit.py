@@ -97,6 +97,22 @@ def test_a_damaged_row_or_table_is_a_failure_report_not_a_traceback(
     assert (failure["offset"], failure["check"]) == (offset, check), failure
 
 
+def test_an_unsigned_tail_longer_than_the_notary_leaves_is_a_failure(folder: Path) -> None:
+    """Deleting the newest checkpoints leaves a longer unsigned tail: past the bound, it fails."""
+    assert verify(folder, "--max-unsigned", "6").returncode == 0  # the fixture's tail of 6
+    run = verify(folder, "--max-unsigned", "5")
+    assert run.returncode == 1, run.stderr
+    failure = json.loads(run.stdout)["failure"]
+    assert (failure["offset"], failure["check"]) == (30, "unsigned"), failure
+    edit(folder, "DELETE FROM checkpoints WHERE tree_size > 8")  # all but the first
+    assert verify(folder, "--max-unsigned", "28").returncode == 0  # 28 unsigned: within
+    assert verify(folder, "--max-unsigned", "27").returncode == 1
+    edit(folder, "DELETE FROM checkpoints")
+    human = psvis("audit", "verify", "--data-dir", str(folder), "--max-unsigned", "35")
+    assert human.returncode == 1 and "FAILED" in human.stdout and "unsigned" in human.stdout
+    assert "checkpoints were deleted" in human.stdout, human.stdout
+
+
 def test_a_checkpoint_holding_text_is_a_failure(folder: Path) -> None:
     edit(folder, "UPDATE checkpoints SET signed = 'not a signature' WHERE tree_size = 16")
     run = verify(folder)

@@ -444,6 +444,24 @@ class LogVerifier(_EventChecks):
             )
 
 
+def bound_unsigned_tail(report: VerifyReport, most: int) -> None:
+    """Fail a report with more than `most` newest events unsigned.
+
+    The notary signs a checkpoint every so many events and soon after any event, so a log
+    whose unsigned tail is longer than that lost its newest checkpoints (deleted), or its
+    notary has stopped; either way the events of that tail are not tamper-evident.
+    """
+    if report.ok and report.unnotarised_tail > most:
+        report.ok = False
+        report.failure = Failure(
+            report.notarised_size,
+            "unsigned",
+            f"the {report.unnotarised_tail} newest events are not covered by a signed checkpoint,"
+            f" more than the {most} a running notary leaves unsigned: checkpoints were deleted,"
+            " or the notary has not run",
+        )
+
+
 def verify_log(
     log_id: str,
     events: Iterable[tuple[int, bytes]],  # (offset, stored bytes)

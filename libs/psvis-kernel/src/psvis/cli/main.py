@@ -156,6 +156,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     from psvis.audit import verify_store
     from psvis.eventstore.port import LogUnreadable
     from psvis.signing import key_id, load_public_key, public_path
+    from psvis.verify import bound_unsigned_tail
 
     settings = _settings(args)
     _need_log(settings)
@@ -176,6 +177,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
                 task = bar.add_task("verify", total=total)
                 report = await verify_store(log.events, log.checkpoints, keys,
                                             progress=lambda n: bar.advance(task, n))  # fmt: skip
+            bound_unsigned_tail(report, args.max_unsigned)
             return report.as_dict()
         finally:
             await log.close()
@@ -222,6 +224,12 @@ def _parse_time(text: str) -> datetime:
             f"--until {text!r} is not a time like 2024-03-01 or 2024-03-01T12:00:00+08:00"
         ) from None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _count(text: str) -> int:
+    from psvis.cli.client import whole
+
+    return whole(0, 2**63 - 1)(text)
 
 
 def _workers(text: str) -> int:
@@ -376,6 +384,13 @@ def build_parser() -> argparse.ArgumentParser:
     _store_flags(verify)
     verify.add_argument(
         "--key", action="append", help="trusted notary public key (PEM); default: the data folder's"
+    )
+    verify.add_argument(
+        "--max-unsigned",
+        type=_count,
+        default=Settings().notary_every,
+        help="fail if more of the newest events than this are not covered by a signed"
+        " checkpoint (default %(default)s, what the notary leaves unsigned at most)",
     )
     verify.add_argument("--json", action="store_true", help="print the JSON report")
     verify.set_defaults(run=cmd_audit_verify)
