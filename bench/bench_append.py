@@ -343,7 +343,7 @@ def main(argv: list[str] | None = None) -> Result:
         if args.profile:
             profile_top(lambda: psvis_append(folder / "prof.db", small, per, 1))
 
-        size = psvis_append(folder / "size.db", 1, 1, 1)[2]
+        size = psvis_append(folder / "size.db", 1, 2, 1)[2]  # version 2: a prev_hash, as most
         one = fastest(
             args.rounds,
             folder,

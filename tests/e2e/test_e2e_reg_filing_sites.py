@@ -68,7 +68,7 @@ async def test_reg1_wuhan_late_filing_is_open_until_filed_then_resolved(clients)
 
 
 @pytest.mark.parametrize("clock", [FixedClock(datetime(2024, 2, 14, 17, 0, tzinfo=UTC))])
-async def test_reg1_findings_default_to_today_in_the_city_not_on_the_servers_clock(clients):
+async def test_reg1_findings_default_to_today_in_the_citys_time_zone_not_utc(clients):
     """17:00 UTC on the due day is 01:00 the next day in China (UTC+8): the filing is late,
     and still open (on 2024-02-14 there was no finding; after 2024-02-20 it is resolved)."""
     sid = await accepted_system(clients.unit, "2024-01-15")  # due 2024-02-14

@@ -240,6 +240,22 @@ async def test_reg6_xian_relocation_reported_later_than_30_days_after_is_not_sil
     assert [f.article for f in found.findings if f.subject == f"system-{sid}"] == ["Xi'an 19"]
 
 
+@XIAN
+async def test_reg6_xian_a_late_report_dated_after_the_removal_still_counts(clients):
+    """The move (2024-03-01) was due to be reported by 2024-03-31; it was, late, on 2024-07-10,
+    after the system's removal (2024-06-30): the finding is resolved, not closed unreported."""
+    sid = await register(clients.unit, xian_system())
+    new = site("site-x4", category="other", lon=108.95, lat=34.35, address_code="610103")
+    await relocate(clients.unit, sid, new_site=new, relocated_on="2024-03-01", consent_ref="OK",
+                   reported_on="2024-07-10")  # fmt: skip
+    await remove(clients.unit, sid, consent_ref="OK-2", reported_on="2024-07-05")
+    found = await clients.police.ListFindings(
+        reg.ListFindingsRequest(as_of="2024-09-01", spec="REG-6")
+    )
+    [late] = [f for f in found.findings if f.subject == f"system-{sid}"]
+    assert (late.status, late.since) == ("resolved", "2024-04-01"), late
+
+
 # --- REG-11 ------------------------------------------------------------------------------------
 
 

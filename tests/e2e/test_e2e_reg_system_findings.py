@@ -175,9 +175,12 @@ async def test_reg9_xian_requires_training_but_no_police_filing(clients):
 async def test_reg9_a_person_registered_again_is_one_record_whose_training_counts(clients):
     sid = await in_use_system(clients.unit)
     await person(clients.unit, sid, "p-1")
-    await person(clients.unit, sid, "p-1", trained="2024-03-05", filed="2024-03-06")
+    await person(clients.unit, sid, "p-1", trained="2024-03-05")
+    await person(clients.unit, sid, "p-1", filed="2024-03-06")  # the training date stays
     view = await clients.police.GetSystem(reg.GetSystemRequest(system_id=sid))
-    assert [(p.person_id, p.trained_on) for p in view.personnel] == [("p-1", "2024-03-05")]
+    assert [(p.person_id, p.trained_on, p.filed_with_police_on) for p in view.personnel] == [
+        ("p-1", "2024-03-05", "2024-03-06")
+    ]
     before = await findings(clients.police, "2024-03-01", "REG-9", f"system-{sid}")
     assert len(before) == 2  # neither trained nor filed yet on that day
     assert await findings(clients.police, "2024-03-10", "REG-9", f"system-{sid}") == []

@@ -77,7 +77,7 @@ def test_registry_commands_refuse_bad_arguments_before_calling(tmp_path) -> None
             [sys.executable, "-m", "psvis.cli.main", "registry", *args],
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip
-        assert run.returncode in (1, 2) and "Traceback" not in run.stderr, (args, run.stderr)
+        assert run.returncode == 2 and "Traceback" not in run.stderr, (args, run.stderr)
         assert message in run.stderr, (args, run.stderr)
 
 

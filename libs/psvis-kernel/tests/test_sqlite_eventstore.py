@@ -15,16 +15,18 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
+from typing import Any
 
 import pytest
 from psvis.audit import verify_store
 from psvis.checkpoints import SqliteCheckpointStore
 from psvis.clock import FixedClock, SequentialIds
+from psvis.envelope import RecordedEvent
 from psvis.errors import ConcurrencyConflict
 from psvis.eventstore.port import LogUnreadable
-from psvis.eventstore.sqlite import SqliteEventStore
+from psvis.eventstore.sqlite import UNYIELDED_APPENDS, SqliteEventStore
 from psvis.eventstore.sqlite_index import StreamIndex
 from psvis.sqlite_db import SqliteDatabase, WalCheckpointer
 from store_harness import T0, event
@@ -283,25 +285,62 @@ async def test_concurrent_appends_share_one_transaction_in_call_order(tmp_path: 
         assert [r.stream_id for (r,) in recorded] == [f"s-{k}" for k in range(32)]
 
 
+def in_one_step(append: Coroutine[Any, Any, list[RecordedEvent]]) -> list[RecordedEvent]:
+    """Run an append one step: it must finish (return or raise) without suspending."""
+    try:
+        waits_on = append.send(None)
+    except StopIteration as finished:
+        return list(finished.value)
+    append.close()
+    pytest.fail(f"the append suspended, waiting on {waits_on!r}")
+
+
 async def test_a_lone_append_is_written_without_waiting_for_the_loop(tmp_path: Path) -> None:
     """With no other task ready to run, no group can form: the append does not suspend."""
     async with store_at(tmp_path / "psvis.db") as (_, store):
         await asyncio.sleep(0)  # let whatever the test runner scheduled run first
-        pending = store.append("s", 0, [event("alone")])
-        try:
-            waits_on = pending.send(None)  # one step: it either finishes or suspends
-        except StopIteration as finished:
-            [recorded] = finished.value
-        else:
-            pending.close()
-            pytest.fail(f"the append suspended, waiting on {waits_on!r}")
+        [recorded] = in_one_step(store.append("s", 0, [event("alone")]))
         assert recorded.position == 0 and recorded.version == 1
         other = sqlite3.connect(tmp_path / "psvis.db")  # committed: another connection sees it
         assert other.execute("SELECT COUNT(*) FROM events").fetchone() == (1,)
         other.close()
         with pytest.raises(ConcurrencyConflict):  # refusals are raised on this path too
-            await store.append("s", 0, [event("stale")])
+            in_one_step(store.append("s", 0, [event("stale")]))
         assert await store.log_size() == 1
+
+
+async def test_a_task_appending_in_a_loop_still_lets_the_loop_run(tmp_path: Path) -> None:
+    async with store_at(tmp_path / "psvis.db") as (_, store):
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        beside = asyncio.get_running_loop().create_task(ticker())
+        await asyncio.sleep(0)
+        beside.cancel()  # it is ready to run once more (to end): the appends below are queued
+        await asyncio.gather(beside, return_exceptions=True)
+        for v in range(3 * UNYIELDED_APPENDS):
+            await store.append("s", v, [event(str(v))])
+        assert store._unyielded < UNYIELDED_APPENDS  # it went through the loop at least twice
+        assert await store.log_size() == 3 * UNYIELDED_APPENDS
+
+
+async def test_a_waiter_whose_wait_starts_after_the_write_is_still_woken(tmp_path: Path) -> None:
+    """wait_for_append's wait begins a step late (asyncio.wait_for's task): an append written in
+    that step must still wake it, not leave it to its timeout."""
+    async with store_at(tmp_path / "psvis.db") as (_, store):
+        writer = asyncio.ensure_future(store.append("s", 0, [event("1")]))
+        await asyncio.sleep(0)  # the writer runs; this task is ready too, so it is queued
+        assert not writer.done()
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        await store.wait_for_append(60)  # its wait starts after the queued write
+        assert loop.time() - start < 30, "woken only by its timeout"
+        assert len(await writer) == 1
 
 
 WRITER = textwrap.dedent(

@@ -77,10 +77,10 @@ def reference_fold(doc: Document | None, event: Message, env: pb.EventEnvelope) 
             since = doc.setdefault("signage", {})
             for camera_id in event.camera_ids:
                 since[camera_id] = min(since.get(camera_id, event.installed_on), event.installed_on)
-        case reg.MonitoringPersonnelRegistered():  # one record per person: the latest
+        case reg.MonitoringPersonnelRegistered():  # one record per person, merged
             same = [i for i, p in enumerate(view.personnel) if p.person_id == event.person_id]
             if same:
-                view.personnel[same[0]].CopyFrom(event)
+                view.personnel[same[0]].MergeFrom(event)
             else:
                 view.personnel.append(event)
         case reg.ClassificationSet():

@@ -88,14 +88,18 @@ def relocation_findings(doc: Document, pack: RulePack, as_of: date) -> Iterator[
         )
 
 
-def removal_findings(doc: Document, pack: RulePack, removed: date) -> Iterator[reg.Finding]:
-    """A removed system's missed deadlines (REG-1, REG-6) as they stood when it was removed.
+def removal_findings(
+    doc: Document, pack: RulePack, removed: date, as_of: date
+) -> Iterator[reg.Finding]:
+    """A removed system's deadlines (REG-1, REG-6) that fell due before its removal.
 
     Removing a system does not undo that it was filed or reported late, or never: those
-    findings stay, and the ones still open at the removal are closed (nothing can be filed
-    for a removed system any more).
+    findings stay, and the ones still open are closed (nothing can be filed for a removed
+    system any more). A report dated after the removal still resolves its deadline.
     """
-    for found in [*filing_findings(doc, pack, removed), *relocation_findings(doc, pack, removed)]:
+    for found in [*filing_findings(doc, pack, as_of), *relocation_findings(doc, pack, as_of)]:
+        if date.fromisoformat(found.since) > removed:  # fell due after the removal: no duty
+            continue
         if found.status == "open":
             found.status = "closed"
             found.detail += f"; the system was removed on {removed}"
@@ -136,7 +140,7 @@ def system_findings(doc: Document, pack: RulePack, as_of: date) -> Iterator[reg.
     if removed_by(doc, view, as_of):
         removed = _d(doc.get("removed_on", ""))
         if removed is not None:
-            yield from removal_findings(doc, pack, removed)
+            yield from removal_findings(doc, pack, removed, as_of)
         return
     subject = f"system-{view.system_id}"
     yield from filing_findings(doc, pack, as_of)

@@ -173,12 +173,13 @@ def _relocated(doc: Document, view: View, event: Any, env: pb.EventEnvelope) -> 
 
 
 def _person(doc: Document, view: View, event: Any, env: pb.EventEnvelope) -> None:
-    """A person registered again (their training or police filing recorded later, say):
-    their record is replaced where it stands, so each person_id is listed once."""
+    """A person registered again (their training or police filing recorded later, say): the
+    fields given are merged into their record where it stands, as MergeFrom merges them;
+    each person_id is listed once, and an earlier date is never lost."""
     personnel, person = view.setdefault("personnel", []), json_dict(event)
     for i, known in enumerate(personnel):
         if known.get("person_id", "") == event.person_id:
-            personnel[i] = person
+            personnel[i] = {**known, **person}
             return
     personnel.append(person)
 

@@ -141,10 +141,10 @@ def _step_on(state: SystemState, value: str, field: str) -> date:
 
 def review_design(state: SystemState, cmd: reg.DesignReviewed, pack: RulePack) -> Decision:
     state.require_not_removed("a design review")
-    v.need_date(cmd.reviewed_on, "review.reviewed_on")
+    day = v.need_date(cmd.reviewed_on, "review.reviewed_on")
     if state.state not in (PLANNED, REJECTED):
         _out_of_order(state, "a design review")
-    _step_on(state, cmd.reviewed_on, "review.reviewed_on")
+    state.require_dated_in_order(day, "review.reviewed_on")
     return Accepted(cmd)
 
 
@@ -165,12 +165,12 @@ def complete_construction(
 
 def record_acceptance(state: SystemState, cmd: reg.AcceptanceRecorded, pack: RulePack) -> Decision:
     state.require_not_removed("acceptance")
-    v.need_date(cmd.accepted_on, "acceptance.accepted_on")
+    day = v.need_date(cmd.accepted_on, "acceptance.accepted_on")
     if not cmd.passed and not cmd.defects:
         raise InvalidArgument("acceptance.defects: a failed acceptance lists its defects")
     if state.state not in ACCEPTANCE_READY:
         _out_of_order(state, "acceptance")
-    _step_on(state, cmd.accepted_on, "acceptance.accepted_on")
+    state.require_dated_in_order(day, "acceptance.accepted_on")
     return Accepted(cmd)
 
 
@@ -178,19 +178,19 @@ def complete_rectification(
     state: SystemState, cmd: reg.RectificationCompleted, pack: RulePack
 ) -> Decision:
     state.require_not_removed("rectification")
-    v.need_date(cmd.completed_on, "rectification.completed_on")
+    day = v.need_date(cmd.completed_on, "rectification.completed_on")
     if state.state != RECTIFICATION:
         _out_of_order(state, "rectification")
-    _step_on(state, cmd.completed_on, "rectification.completed_on")
+    state.require_dated_in_order(day, "rectification.completed_on")
     return Accepted(cmd)
 
 
 def put_into_use(state: SystemState, cmd: reg.SystemPutIntoUse, pack: RulePack) -> Decision:
     state.require_not_removed("going into use")
-    v.need_date(cmd.in_use_on, "use.in_use_on")
+    day = v.need_date(cmd.in_use_on, "use.in_use_on")
     if state.state == IN_USE:
         _out_of_order(state, "going into use")
-    _step_on(state, cmd.in_use_on, "use.in_use_on")
+    state.require_dated_in_order(day, "use.in_use_on")
     if state.state != ACCEPTED:  # REG-5: nothing goes into use without passed acceptance
         rule = pack.rule("lifecycle.acceptance_before_use")
         reason = f"system {state.system_id} is {state.state}, not accepted"

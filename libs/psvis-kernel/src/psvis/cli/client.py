@@ -13,7 +13,6 @@ from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import json_format
-from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.json_format import MessageToDict, ParseDict
 from google.protobuf.message import Message
 
@@ -31,11 +30,19 @@ class CliError(Exception):
         self.status, self.code = status, code
 
 
+def default_server() -> str:
+    return os.environ.get("PSVIS_SERVER", "localhost:50051")
+
+
+def default_pki() -> Path:
+    return Path(os.environ.get("PSVIS_PKI", ".psvis/pki"))
+
+
 def add_connection_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("connection")
     group.add_argument(
         "--server",
-        default=os.environ.get("PSVIS_SERVER", "localhost:50051"),
+        default=default_server(),
         help="host:port of the platform (env PSVIS_SERVER; default %(default)s)",
     )
     group.add_argument(
@@ -47,7 +54,7 @@ def add_connection_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--pki",
         type=Path,
-        default=Path(os.environ.get("PSVIS_PKI", ".psvis/pki")),
+        default=default_pki(),
         help="folder with ca.crt and <name>.crt/.key (default %(default)s)",
     )
     group.add_argument("--json", action="store_true", help="print JSON instead of text")  # fmt: skip
@@ -112,7 +119,7 @@ def _overlay(base: Message, top: Message) -> None:
     """Set on base every field set on top, at any depth: a list given by flags replaces the
     JSON's list (MergeFrom would append to it)."""
     for field, value in top.ListFields():
-        if field.label == FieldDescriptor.LABEL_REPEATED:  # lists and maps
+        if field.is_repeated:  # lists and maps (a map is replaced whole)
             base.ClearField(field.name)
             getattr(base, field.name).MergeFrom(value)
         elif field.message_type is not None:

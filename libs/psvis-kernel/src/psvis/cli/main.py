@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from psvis.cli.client import CliError
+from psvis.cli.client import CliError, default_pki, default_server
 from psvis.platform import discover_services
 from psvis.rulepack import RulePackError, check_requirements, load_pack
 from psvis.settings import Settings
@@ -91,17 +91,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _client_flags(settings: Settings, port: int) -> str:
-    """The flags a client on this machine needs for this server (the clients' defaults are
-    localhost:50051 and .psvis/pki)."""
+    """The flags a client on this machine needs for this server, beyond its defaults."""
     flags = ["--as dev-police"]
     host = settings.listen.rsplit(":", 1)[0].strip("[]")
     if host in ("0.0.0.0", "::", ""):  # every interface: this machine's clients use loopback
         host = "localhost"
     elif ":" in host:  # an IPv6 address
         host = f"[{host}]"
-    if f"{host}:{port}" not in ("localhost:50051", "127.0.0.1:50051"):
+    server = default_server()
+    if f"{host}:{port}" != server and not (host == "127.0.0.1" and server == f"localhost:{port}"):
         flags.append(f"--server {host}:{port}")
-    if settings.pki_dir.resolve() != Path(".psvis/pki").resolve():
+    if settings.pki_dir.resolve() != default_pki().resolve():
         flags.append(f"--pki {settings.pki_dir}")
     return " ".join(flags)
 
@@ -139,11 +139,12 @@ def cmd_rules_check(args: argparse.Namespace) -> int:
 
 
 def _packs_in(folders: list[Path]) -> list[Path]:
-    """The packs (*.toml) the platform would find, each file once, in the folders' order."""
-    found: dict[Path, Path] = {}
+    """The packs (*.toml) the platform would load: of two with one name, the first folder's
+    (find_pack's order)."""
+    found: dict[str, Path] = {}
     for folder in folders:
         for path in sorted(folder.glob("*.toml")):
-            found.setdefault(path.resolve(), path)
+            found.setdefault(path.name, path)
     return list(found.values())
 
 
@@ -298,7 +299,7 @@ def cmd_audit_replay(args: argparse.Namespace) -> int:
 
     outcome = asyncio.run(run())
     if isinstance(outcome, str):
-        raise CliError(outcome, status=1)
+        raise CliError(outcome, status=1, code="LOG_UNREADABLE")
     if args.json:
         print(json.dumps(outcome, indent=2, ensure_ascii=False, sort_keys=True))
         return 0
@@ -454,15 +455,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.run(args))
     except CliError as e:
+        console.print(f"[red]error:[/] {escape(str(e))}")
         if getattr(args, "json", False):  # a script reading stdout learns why, too
             error = {"error": {"code": e.code, "message": str(e)}}
-            print(json.dumps(error, indent=2, ensure_ascii=False))
-        console.print(f"[red]error:[/] {escape(str(e))}")
+            try:
+                print(json.dumps(error, indent=2, ensure_ascii=False))
+            except BrokenPipeError:
+                return _reader_gone()
         return e.status
     except BrokenPipeError:
-        # the reader went away (`psvis ... | head`): stop quietly, as other command-line tools do
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 141  # 128 + SIGPIPE, what a shell reports for such a pipeline
+        return _reader_gone()
+
+
+def _reader_gone() -> int:
+    """The reader went away (`psvis ... | head`): stop quietly, as other command-line tools do."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 141  # 128 + SIGPIPE, what a shell reports for such a pipeline
 
 
 if __name__ == "__main__":

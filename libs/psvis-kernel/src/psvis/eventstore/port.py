@@ -51,7 +51,10 @@ class EventStore(Protocol):
 
     async def append(
         self, stream_id: str, expected_version: int, events: Sequence[NewEvent]
-    ) -> list[RecordedEvent]: ...
+    ) -> list[RecordedEvent]:
+        """Append after expected_version, or raise ConcurrencyConflict. It may finish without
+        suspending (the embedded store writes an append that no other task can join at once)."""
+        ...
 
     async def read_stream(self, stream_id: str) -> list[RecordedEvent]: ...
 

@@ -60,6 +60,9 @@ def upgrade_schema(conn: sqlite3.Connection) -> None:
     in_transaction(conn, rewrite)
 
 
+UNYIELDED_APPENDS = 64
+
+
 @dataclass
 class _Append:
     stream_id: str
@@ -76,7 +79,9 @@ class SqliteEventStore:
     transaction costs less than handing it to another thread. Appends that arrive in the same
     turn of the loop share one transaction (group commit); the log keeps the order in which
     append was called. An append that no other task can join (nothing else is ready to run)
-    is written at once, without waiting for the end of the turn. Optimistic concurrency is
+    is written at once, without waiting for the end of the turn; every UNYIELDED_APPENDS-th
+    such append is queued all the same, so a task that appends in a loop still lets the loop
+    run (timers, I/O, cancellation). Optimistic concurrency is
     checked against the stream heads kept by StreamIndex; a position already taken (another
     process appended) makes the writer learn the log it missed and decide again. Reads of
     pages go to the database's thread.
@@ -93,6 +98,7 @@ class SqliteEventStore:
         self._appended = asyncio.Event()
         self._queue: list[tuple[_Append, asyncio.Future[list[RecordedEvent]]]] = []
         self._scheduled = False
+        self._unyielded = 0  # appends written at once since the last queued one
         if db.path == ":memory:":
             # the appender's own connection would open a second, separate in-memory database
             raise ValueError("the embedded event store needs a database file, not :memory:")
@@ -112,7 +118,8 @@ class SqliteEventStore:
             self._clock.now(),
         )
         loop = asyncio.get_running_loop()
-        if not self._queue and _nothing_else_ready(loop):
+        if not self._queue and self._unyielded < UNYIELDED_APPENDS and _nothing_else_ready(loop):
+            self._unyielded += 1
             [result] = self._write_group([request])
             if isinstance(result, Exception):
                 raise result
@@ -126,6 +133,7 @@ class SqliteEventStore:
 
     def _write_queue(self) -> None:
         queued, self._queue, self._scheduled = self._queue, [], False
+        self._unyielded = 0
         # a caller cancelled while queued has nothing written
         waiting = [(r, done) for r, done in queued if not done.cancelled()]
         results = self._write_group([request for request, _ in waiting])
@@ -141,8 +149,8 @@ class SqliteEventStore:
             results = self._write(group)
         except Exception as e:  # the transaction as a whole failed: nothing was written
             results = [e] * len(group)
-        self._appended.set()  # wakes the waiters of this turn; later ones wait for the next
-        self._appended.clear()
+        self._appended.set()  # a new event for the next waiters: a wait() made but not yet
+        self._appended = asyncio.Event()  # started (wait_for's task) still sees this one set
         if self._index.due:
             self._flush_index()
         return results
