@@ -25,7 +25,7 @@ from psvis.checkpoints import SqliteCheckpointStore
 from psvis.clock import FixedClock, SequentialIds
 from psvis.envelope import RecordedEvent
 from psvis.errors import ConcurrencyConflict
-from psvis.eventstore.port import LogUnreadable
+from psvis.eventstore.port import LogUnreadable, StreamHead
 from psvis.eventstore.sqlite import UNYIELDED_APPENDS, SqliteEventStore
 from psvis.eventstore.sqlite_index import StreamIndex
 from psvis.sqlite_db import SqliteDatabase, WalCheckpointer
@@ -151,6 +151,8 @@ async def test_an_edited_index_is_rebuilt_from_the_log_not_trusted(
     async with store_at(tmp_path / "psvis.db", "again") as (db, reopened):
         if edited == "an older event":
             assert await reopened.read_stream("s-1") == before["s-1"]
+        else:
+            assert await reopened.head("s-1") == StreamHead(last, before["s-1"][-1].hash)
         (new,) = await reopened.append("s-1", last, [event("next")])
         assert (new.version, new.envelope.prev_hash) == (last + 1, before["s-1"][-1].hash)
         assert "the stream index disagrees with the log about stream 's-1'" in caplog.text

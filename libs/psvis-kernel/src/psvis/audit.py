@@ -39,6 +39,7 @@ SPAN = 20_000
 # does that worker's job itself
 WORKER_PATIENCE = 1.0
 _SILENT = "a verify worker gave no answer in %s s: its job is done again"
+_GONE = "a verify worker gave no answer (%s): its job is done again"
 _LEDGER = "ledger"  # the key of the ledger check among the spans' offsets
 _start_worker = spawn_worker
 
@@ -51,6 +52,7 @@ async def verify_store(
     *,
     ledger_worker: bool | None = None,
     span_workers: int | None = None,
+    max_unsigned: int | None = None,
 ) -> VerifyReport:
     """Check every stored event and every signed checkpoint of the log (AUD-2).
 
@@ -59,7 +61,8 @@ async def verify_store(
     (signatures, and the Merkle tree rebuilt from every leaf) being one more job for them.
     Any other log is read page by page here, its ledger checked meanwhile in a worker process
     when `ledger_worker` says so, by default from LEDGER_WORKER_FROM notarised events on.
-    The report is the same every way.
+    The report is the same every way. With `max_unsigned`, more unsigned newest events than
+    that (checkpoints deleted, or no notary running) is a failure, not only a warning.
     """
     try:
         records = await checkpoints.all(events.log_id)
@@ -68,7 +71,7 @@ async def verify_store(
         with contextlib.suppress(_Stop):
             verifier.unreadable(str(e))
         return verifier.report
-    verifier = LogVerifier(events.log_id, records, {key_id(k): k for k in keys})
+    verifier = LogVerifier(events.log_id, records, {key_id(k): k for k in keys}, max_unsigned)
     path, size = getattr(events, "path", None), 0
     if path is not None:
         with contextlib.suppress(LogUnreadable):  # the pages' reading reports it
@@ -147,9 +150,7 @@ async def _check_in_spans(
                     done = [(key, mine, mine())]
             for key, _, answer in done:
                 if isinstance(answer, WorkerGone):
-                    log.warning(
-                        "a verify worker gave no answer (%s): its job is done again", answer
-                    )
+                    log.warning(_GONE, answer)
                     if key not in answered:
                         todo.appendleft(key)
                     continue
@@ -213,7 +214,7 @@ async def _ledger_answer(pool: JobPool, verifier: LogVerifier) -> LedgerCheck:
         pass
     [(_, _, answer)] = done
     if isinstance(answer, WorkerGone):
-        log.warning("a verify worker gave no answer (%s): its job is done again", answer)
+        log.warning(_GONE, answer)
         return verifier.ledger_check()
     assert isinstance(answer, LedgerCheck)
     return answer

@@ -362,11 +362,13 @@ class LogVerifier(_EventChecks):
         log_id: str,
         checkpoints: Sequence[CheckpointRecord],
         keys: dict[str, Ed25519PublicKey],
+        max_unsigned: int | None = None,
     ) -> None:
         super().__init__(0, b"".join(record.leaves for record in checkpoints))
         self.report = VerifyReport(log_id=log_id)
         self._checkpoints = checkpoints
         self._keys = keys
+        self._max_unsigned = max_unsigned  # more unsigned newest events than this fail
 
     def _fail(self, offset: int, check: str, detail: str) -> NoReturn:
         self.report.ok = False
@@ -438,28 +440,19 @@ class LogVerifier(_EventChecks):
             )
         self.report.unnotarised_tail = size - self.report.notarised_size
         self.report.streams = len(self._heads)
-        if self.report.unnotarised_tail:
-            self.report.warnings.append(
-                f"{self.report.unnotarised_tail} newest events are not yet covered by a checkpoint"
+        tail = self.report.unnotarised_tail
+        if tail:
+            self.report.warnings.append(f"{tail} newest events are not yet covered by a checkpoint")
+        # the notary signs every so many events and soon after any event: a longer unsigned
+        # tail lost its newest checkpoints (deleted), or its notary stopped
+        if self._max_unsigned is not None and tail > self._max_unsigned:
+            self._fail(
+                self.report.notarised_size,
+                "unsigned",
+                f"the {tail} newest events are not covered by a signed checkpoint, more than"
+                f" the {self._max_unsigned} a running notary leaves unsigned: checkpoints were"
+                " deleted, or the notary has not run",
             )
-
-
-def bound_unsigned_tail(report: VerifyReport, most: int) -> None:
-    """Fail a report with more than `most` newest events unsigned.
-
-    The notary signs a checkpoint every so many events and soon after any event, so a log
-    whose unsigned tail is longer than that lost its newest checkpoints (deleted), or its
-    notary has stopped; either way the events of that tail are not tamper-evident.
-    """
-    if report.ok and report.unnotarised_tail > most:
-        report.ok = False
-        report.failure = Failure(
-            report.notarised_size,
-            "unsigned",
-            f"the {report.unnotarised_tail} newest events are not covered by a signed checkpoint,"
-            f" more than the {most} a running notary leaves unsigned: checkpoints were deleted,"
-            " or the notary has not run",
-        )
 
 
 def verify_log(

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from psvis.cli.client import CliError, default_pki, default_server
+from psvis.cli.client import CliError, default_pki, default_server, whole
 from psvis.platform import discover_services
 from psvis.rulepack import RulePackError, check_requirements, load_pack
 from psvis.settings import Settings
@@ -108,9 +108,10 @@ def _client_flags(settings: Settings, port: int) -> str:
 
 def cmd_rules_check(args: argparse.Namespace) -> int:
     """RULES-1: every pack parses, cites its own city, and gives every service what it needs."""
-    paths = args.packs or _packs_in(Settings().rules_dirs)
+    folders = Settings().rules_dirs
+    paths = args.packs or _packs_in(folders)
     if not paths:
-        where = ", ".join(str(d) for d in Settings().rules_dirs)
+        where = ", ".join(str(d) for d in folders)
         raise CliError(f"no rule packs given and none in {where} (PSVIS_RULES_DIR adds folders)")
     needs = [n for s in discover_services() for n in s.needs]
     report: list[dict[str, Any]] = []
@@ -157,7 +158,6 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     from psvis.audit import verify_store
     from psvis.eventstore.port import LogUnreadable
     from psvis.signing import key_id, load_public_key, public_path
-    from psvis.verify import bound_unsigned_tail
 
     settings = _settings(args)
     _need_log(settings)
@@ -177,8 +177,8 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
             with _progress("verifying", total) as bar:
                 task = bar.add_task("verify", total=total)
                 report = await verify_store(log.events, log.checkpoints, keys,
-                                            progress=lambda n: bar.advance(task, n))  # fmt: skip
-            bound_unsigned_tail(report, args.max_unsigned)
+                                            progress=lambda n: bar.advance(task, n),
+                                            max_unsigned=args.max_unsigned)  # fmt: skip
             return report.as_dict()
         finally:
             await log.close()
@@ -227,14 +227,7 @@ def _parse_time(text: str) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def _count(text: str) -> int:
-    from psvis.cli.client import whole
-
-    return whole(0, 2**63 - 1)(text)
-
-
 def _workers(text: str) -> int:
-    from psvis.cli.client import whole
     from psvis.replaying import MAX_WORKERS  # imported when used: it brings the projection code
 
     return whole(1, MAX_WORKERS)(text)
@@ -388,7 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verify.add_argument(
         "--max-unsigned",
-        type=_count,
+        type=whole(0, 2**63 - 1),
         default=Settings().notary_every,
         help="fail if more of the newest events than this are not covered by a signed"
         " checkpoint (default %(default)s, what the notary leaves unsigned at most)",

@@ -6,10 +6,10 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from psvis.clock import Clock, IdSource
 from psvis.envelope import NewEvent, RecordedEvent, seal_stream
@@ -21,6 +21,7 @@ from psvis.sqlite_conn import connect, in_transaction
 from psvis.sqlite_db import SqliteDatabase, WalCheckpointer
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -81,10 +82,10 @@ class SqliteEventStore:
     append was called. An append that no other task can join (nothing else is ready to run)
     is written at once, without waiting for the end of the turn; every UNYIELDED_APPENDS-th
     such append is queued all the same, so a task that appends in a loop still lets the loop
-    run (timers, I/O, cancellation). Optimistic concurrency is
-    checked against the stream heads kept by StreamIndex; a position already taken (another
-    process appended) makes the writer learn the log it missed and decide again. Reads of
-    pages go to the database's thread.
+    run (timers, I/O, cancellation). Optimistic concurrency is checked against the stream
+    heads kept by StreamIndex; a position already taken (another process appended) makes the
+    writer learn the log it missed and decide again. Reads of pages go to the database's
+    thread.
     """
 
     def __init__(
@@ -240,12 +241,17 @@ class SqliteEventStore:
         return self._index
 
     async def read_stream(self, stream_id: str) -> list[RecordedEvent]:
+        return self._index_checked(lambda: self._read_stream(stream_id))
+
+    def _index_checked(self, read: Callable[[], T]) -> T:
+        """read(); if the index disagrees with the log, read() again on an index rebuilt from
+        the log; if it still disagrees, the log itself is damaged (LogUnreadable)."""
         try:
-            return self._read_stream(stream_id)
+            return read()
         except IndexDisagrees as e:
             self._rebuild_index(e)
         try:
-            return self._read_stream(stream_id)
+            return read()
         except IndexDisagrees as e:
             raise _still_disagrees(e) from e
 
@@ -275,7 +281,7 @@ class SqliteEventStore:
         return await self._db.run(lambda c: c.execute(PAGE_BYTES, (after, limit)).fetchall())
 
     async def head(self, stream_id: str) -> StreamHead:
-        return self._fresh().head(stream_id)
+        return self._index_checked(lambda: self._fresh().head(stream_id))
 
     async def read_page(self, after: int, limit: int) -> list[RecordedEvent]:
         return stored_events(await self._db.run(lambda c: _log_page(c, after, limit)))

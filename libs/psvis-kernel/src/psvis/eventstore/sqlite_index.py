@@ -4,8 +4,9 @@ An append writes one row to `events` and nothing else. Which positions belong to
 derived from the log, from each event's envelope: durable in `stream_index` up to position
 `upto`, and held in memory for the tail after it. The tail is written to `stream_index` in
 batches (one transaction per `batch` events), so the random B-tree pages of a per-stream index
-are written once per batch instead of once per append. The index is never the source of truth: after a crash the tail is learnt again
-from the log, and a log written by another process is learnt the same way.
+are written once per batch instead of once per append. The index is never the source of
+truth: after a crash the tail is learnt again from the log, and a log written by another
+process is learnt the same way.
 
 Stream ids are stored once, in `streams`; the index rows are small integers, so one page holds
 hundreds of them.
@@ -16,7 +17,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable, Sequence
 
-from psvis.envelope import RecordedEvent, event_hash
+from psvis.envelope import RecordedEvent
 from psvis.eventstore.port import StreamHead, stored_events
 from psvis.sqlite_conn import in_transaction
 
@@ -125,13 +126,15 @@ class StreamIndex:
         if last is None:
             return StreamHead(0, b"")
         version, position = last
-        found = self._conn.execute(
-            "SELECT position, data FROM events WHERE position = ?", (position,)
-        ).fetchall()
+        found = stored_events(
+            self._conn.execute(
+                "SELECT position, data FROM events WHERE position = ?", (position,)
+            ).fetchall()
+        )
         if not found:
             raise IndexDisagrees(stream_id)
-        check_history(stream_id, stored_events(found), first_version=version)
-        return StreamHead(version, event_hash(bytes(found[0][1])))
+        check_history(stream_id, found, first_version=version)
+        return StreamHead(version, found[0].hash)
 
     def _last(self, stream_id: str) -> tuple[int, int] | None:
         tail = self._tail.get(stream_id)
@@ -170,9 +173,9 @@ class StreamIndex:
         """Write the tail to stream_index in one transaction, in key order."""
         if not self._pending:
             return
-        conn, pending = self._conn, self._pending
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        pending = self._pending
+
+        def write(conn: sqlite3.Connection) -> int:
             numbers = self._numbers({stream_id for stream_id, _, _ in pending})
             rows = sorted((numbers[stream_id], v, p) for stream_id, v, p in pending)
             conn.executemany(
@@ -186,13 +189,14 @@ class StreamIndex:
             conn.execute(
                 "INSERT OR REPLACE INTO stream_index_state (id, upto) VALUES (0, ?)", (upto,)
             )
-            conn.execute("COMMIT")
+            return int(upto)
+
+        try:
+            upto = in_transaction(self._conn, write)
         except BaseException:
-            if conn.in_transaction:  # also when COMMIT itself failed
-                conn.execute("ROLLBACK")
-            self._number_of.clear()  # numbers given out in this transaction are gone
+            self._number_of.clear()  # numbers given out in the rolled-back transaction are gone
             raise
-        self.upto, self._pending, self._tail = int(upto), [], {}
+        self.upto, self._pending, self._tail = upto, [], {}
 
     def _numbers(self, names: set[str]) -> dict[str, int]:
         """Each stream's number in `streams`, given one if it has none (inside a transaction)."""
