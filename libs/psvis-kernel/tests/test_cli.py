@@ -81,6 +81,30 @@ def test_registry_commands_refuse_bad_arguments_before_calling(tmp_path) -> None
         assert message in run.stderr, (args, run.stderr)
 
 
+def test_a_command_line_that_does_not_parse_is_a_usage_error_also_in_json() -> None:
+    """argparse's errors (unknown flag, bad choice, missing argument) exit 2 with the usage on
+    stderr; under --json, stdout also carries the error, as for every other failure."""
+    cases = [
+        (["registry", "list", "--json", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+        (["registry", "use", "--json"], "the following arguments are required"),
+        (["audit", "verify", "--json", "--max-unsigned", "many"], "--max-unsigned"),
+    ]  # fmt: skip
+    for args, message in cases:
+        run = subprocess.run(
+            [sys.executable, "-m", "psvis.cli.main", *args],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert run.returncode == 2 and "Traceback" not in run.stderr, (args, run.stderr)
+        assert "usage: psvis" in run.stderr and message in run.stderr, (args, run.stderr)
+        error = json.loads(run.stdout)["error"]
+        assert error["code"] == "USAGE" and message in error["message"], (args, error)
+    plain = subprocess.run(
+        [sys.executable, "-m", "psvis.cli.main", "registry", "list", "--no-such-flag"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert plain.returncode == 2 and plain.stdout == "" and "unrecognized" in plain.stderr
+
+
 def test_rules_check_without_packs_checks_those_the_platform_would_find(tmp_path) -> None:
     """Run outside the checkout (no ./rules there): the checkout's packs, and PSVIS_RULES_DIR's."""
     (tmp_path / "extra").mkdir()

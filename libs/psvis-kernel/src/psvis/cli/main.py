@@ -10,7 +10,7 @@ import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from rich.console import Console
 from rich.markup import escape
@@ -348,8 +348,24 @@ def cmd_asyncapi(args: argparse.Namespace) -> int:
     return 0
 
 
+class UsageError(CliError):
+    """The command line does not parse (argparse's error), said the way other errors are."""
+
+    def __init__(self, message: str, usage: str) -> None:
+        super().__init__(message, status=2, code="USAGE")
+        self.usage = usage
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, whose errors reach main() (which also prints them as JSON under
+    --json) instead of exiting; its subcommands' parsers are of this class too."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message}", self.format_usage())
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="psvis", description=__doc__)
+    parser = _Parser(prog="psvis", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = sub.add_parser("serve", help="run the whole platform (embedded by default)")
@@ -444,20 +460,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as e:
+        sys.stderr.write(e.usage)
+        return _failed(e, as_json="--json" in argv)
     try:
         return int(args.run(args))
     except CliError as e:
-        console.print(f"[red]error:[/] {escape(str(e))}")
-        if getattr(args, "json", False):  # a script reading stdout learns why, too
-            error = {"error": {"code": e.code, "message": str(e)}}
-            try:
-                print(json.dumps(error, indent=2, ensure_ascii=False))
-            except BrokenPipeError:
-                return _reader_gone()
-        return e.status
+        return _failed(e, as_json=getattr(args, "json", False))
     except BrokenPipeError:
         return _reader_gone()
+
+
+def _failed(e: CliError, *, as_json: bool) -> int:
+    """Say why on stderr and, under --json, on stdout too; the error's exit status."""
+    console.print(f"[red]error:[/] {escape(str(e))}")
+    if as_json:  # a script reading stdout learns why, too
+        error = {"error": {"code": e.code, "message": str(e)}}
+        try:
+            print(json.dumps(error, indent=2, ensure_ascii=False))
+        except BrokenPipeError:
+            return _reader_gone()
+    return e.status
 
 
 def _reader_gone() -> int:
