@@ -33,3 +33,29 @@ go_env() {
     export GOFLAGS="${GOFLAGS:+$GOFLAGS }-buildvcs=false"
     export GO111MODULE=on
 }
+
+# go_install_tool NAME VERSION PACKAGE [LDFLAGS]: build PACKAGE@vVERSION with `go install`
+# into $PSVIS_CACHE/NAME/VERSION/bin (once; later calls find it there) and print the binary's
+# path. LDFLAGS is for tools whose release builds stamp their version with -X.
+go_install_tool() {
+    local name="$1" version="$2" package="$3" ldflags="${4:-}"
+    local dest="$PSVIS_CACHE/$name/$version"
+    local bin="$dest/bin/$name" stamp="$dest/.installed" got
+    if [[ ! -x "$bin" || ! -f "$stamp" ]]; then
+        need go
+        go_env
+        lock "$name-$version"
+    fi
+    if [[ ! -x "$bin" || ! -f "$stamp" ]]; then   # nobody finished it while we waited
+        rm -rf "$dest"
+        mkdir -p "$dest/bin"
+        log "building $name $version with go install (a minute or two on a cold Go build cache)"
+        # Run outside the repo so no go.mod/go.work of ours gets involved.
+        (cd "$dest" && GOBIN="$dest/bin" GOWORK=off go install -trimpath -ldflags="$ldflags" "$package@v$version")
+        got="$("$bin" --version 2>&1)" || die "installed $name does not run: $bin"
+        [[ "$got" == *"$version"* ]] || die "expected $name $version, got '$got'"
+        touch "$stamp"
+        log "installed $name $version"
+    fi
+    echo "$bin"
+}
