@@ -43,6 +43,7 @@ unit: setup ## unit and embedded tests only (no Kafka, no MongoDB)
 	@$(PY) -m pytest -m "not distributed" -q
 
 test: setup lint typecheck ## everything: lint, types, unit, integration and e2e on both stacks
+	@scripts/install-grpcurl.sh >/dev/null
 	@scripts/services.sh start >/dev/null
 	@source .run/services/env && $(PY) -m pytest; rc=$$?; scripts/services.sh stop; exit $$rc
 
