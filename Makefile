@@ -40,6 +40,7 @@ typecheck: setup ## mypy --strict on the kernel and the services
 	@.venv/bin/mypy libs/psvis-kernel/src/psvis services/registry/src/psvis_registry
 
 unit: setup ## unit and embedded tests only (no Kafka, no MongoDB)
+	@scripts/install-grpcurl.sh >/dev/null
 	@$(PY) -m pytest -m "not distributed" -q
 
 test: setup lint typecheck ## everything: lint, types, unit, integration and e2e on both stacks

@@ -51,9 +51,10 @@ go_install_tool() {
         mkdir -p "$dest/bin"
         log "building $name $version with go install (a minute or two on a cold Go build cache)"
         # Run outside the repo so no go.mod/go.work of ours gets involved.
-        (cd "$dest" && GOBIN="$dest/bin" GOWORK=off go install -trimpath -ldflags="$ldflags" "$package@v$version")
+        (cd "$dest" && GOBIN="$dest/bin" GOWORK=off go install -trimpath ${ldflags:+"-ldflags=$ldflags"} "$package@v$version")
         got="$("$bin" --version 2>&1)" || die "installed $name does not run: $bin"
-        [[ "$got" == *"$version"* ]] || die "expected $name $version, got '$got'"
+        [[ "$got" == "$version" || "$got" == *" $version" || "$got" == *" v$version" ]] ||
+            die "expected $name $version, got '$got'"
         touch "$stamp"
         log "installed $name $version"
     fi

@@ -88,6 +88,7 @@ def test_a_command_line_that_does_not_parse_is_a_usage_error_also_in_json() -> N
         (["registry", "list", "--json", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
         (["registry", "use", "--json"], "the following arguments are required"),
         (["audit", "verify", "--json", "--max-unsigned", "many"], "--max-unsigned"),
+        (["registry", "list", "--js", "--bogus"], "unrecognized arguments: --bogus"),  # --json, abbreviated
     ]  # fmt: skip
     for args, message in cases:
         run = subprocess.run(

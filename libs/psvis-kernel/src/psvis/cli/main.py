@@ -349,7 +349,10 @@ def cmd_asyncapi(args: argparse.Namespace) -> int:
 
 
 class UsageError(CliError):
-    """The command line does not parse (argparse's error), said the way other errors are."""
+    """The command line does not parse (argparse's error), said the way other errors are.
+
+    `usage` is that of the parser that found the error: the subcommand's for a bad value or a
+    missing argument, psvis's own for an argument no parser knew (argparse's own behaviour)."""
 
     def __init__(self, message: str, usage: str) -> None:
         super().__init__(message, status=2, code="USAGE")
@@ -465,13 +468,20 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except UsageError as e:
         sys.stderr.write(e.usage)
-        return _failed(e, as_json="--json" in argv)
+        return _failed(e, as_json=_asks_for_json(argv))
     try:
         return int(args.run(args))
     except CliError as e:
         return _failed(e, as_json=getattr(args, "json", False))
     except BrokenPipeError:
         return _reader_gone()
+
+
+def _asks_for_json(argv: list[str]) -> bool:
+    """Whether a command line that does not parse has --json among its options (as argparse
+    reads them: before any `--`, abbreviated to no less than --j)."""
+    options = argv[: argv.index("--")] if "--" in argv else argv
+    return any(len(a) >= 3 and "--json".startswith(a) for a in options)
 
 
 def _failed(e: CliError, *, as_json: bool) -> int:
