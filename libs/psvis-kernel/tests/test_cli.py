@@ -82,7 +82,7 @@ def test_registry_commands_refuse_bad_arguments_before_calling(tmp_path) -> None
 
 
 def test_a_command_line_that_does_not_parse_is_a_usage_error_also_in_json() -> None:
-    """argparse's errors (unknown flag, bad choice, missing argument) exit 2 with the usage on
+    """argparse's errors (unknown flag, missing argument, bad value) exit 2 with the usage on
     stderr; under --json, stdout also carries the error, as for every other failure."""
     cases = [
         (["registry", "list", "--json", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
