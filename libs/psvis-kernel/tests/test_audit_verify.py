@@ -45,7 +45,7 @@ def ledger_worker(
     spans = request.param == "spans-in-workers"
     monkeypatch.setattr(audit, "SPANS_FROM", 1 if spans else 10**12)
     monkeypatch.setattr(audit, "SPAN", 7)
-    monkeypatch.setattr(audit.os, "sched_getaffinity", lambda _: {0, 1, 2})
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _: {0, 1, 2})
     SPANS_CHECKED.clear()
     if spans:
         real = audit._check_in_spans

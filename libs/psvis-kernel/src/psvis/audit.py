@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import os
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
@@ -21,7 +20,14 @@ from psvis.eventstore.sqlite_spans import check_span_file
 from psvis.projection import StreamProjection
 from psvis.readstore.port import ReadStore, canonical_digest
 from psvis.readstore.sqlite import SqliteReadStore
-from psvis.replaying import MAX_WORKERS, REPLAY, default_workers, fold_log, fold_log_in_parts
+from psvis.replaying import (
+    MAX_WORKERS,
+    REPLAY,
+    default_workers,
+    fold_log,
+    fold_log_in_parts,
+    usable_cores,
+)
 from psvis.signing import key_id
 from psvis.sqlite_db import SqliteDatabase
 from psvis.verify import LedgerCheck, LogVerifier, SpanReport, VerifyReport, _Stop
@@ -77,8 +83,7 @@ async def verify_store(
         with contextlib.suppress(LogUnreadable):  # the pages' reading reports it
             size = await events.log_size()
     if span_workers is None:
-        cores = min(len(os.sched_getaffinity(0)), MAX_WORKERS)
-        span_workers = cores - 1 if size >= SPANS_FROM else 0
+        span_workers = usable_cores() - 1 if size >= SPANS_FROM else 0
     if path is not None and span_workers > 0 and size > 0:
         with contextlib.suppress(_Stop):
             await _check_in_spans(verifier, path, size, span_workers, progress)

@@ -43,9 +43,14 @@ WORKERS_FROM = 200_000
 MAX_WORKERS = 8
 
 
+def usable_cores() -> int:
+    """The cores this process may run on, up to MAX_WORKERS."""
+    return min(len(os.sched_getaffinity(0)), MAX_WORKERS)
+
+
 def default_workers(events: int) -> int:
     """One per core this process may run on, from WORKERS_FROM events on."""
-    return 1 if events < WORKERS_FROM else min(len(os.sched_getaffinity(0)), MAX_WORKERS)
+    return 1 if events < WORKERS_FROM else usable_cores()
 
 
 async def fold_log(

@@ -401,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument(
         "--max-unsigned",
         type=whole(0, 2**63 - 1),
-        default=Settings().notary_every,
+        default=Settings.notary_every,
         help="fail if more of the newest events than this are not covered by a signed"
         " checkpoint (default %(default)s, what the notary leaves unsigned at most)",
     )

@@ -168,16 +168,8 @@ class SqliteEventStore:
             log.warning("stream index not written yet (%s); the next append tries again", e)
 
     def _write(self, group: list[_Append]) -> list[list[RecordedEvent] | Exception]:
-        rebuilt = False
         while True:
-            try:
-                results, rows = self._decide(group)
-            except IndexDisagrees as e:
-                if rebuilt:
-                    raise _still_disagrees(e) from e
-                self._rebuild_index(e)
-                rebuilt = True
-                continue
+            results, rows = self._index_checked(lambda: self._decide(group))
             if any(isinstance(r, ConcurrencyConflict) for r in results) and self._index.behind():
                 self._index.learn_from_log()  # the conflict may be with a head it has missed
                 continue

@@ -70,15 +70,18 @@ class StreamIndex:
         self._batch = batch
         conn.executescript(SCHEMA)
         row = conn.execute("SELECT upto FROM stream_index_state WHERE id = 0").fetchone()
-        self.upto = -1 if row is None else int(row[0])  # every event <= upto is in stream_index
-        self.known = self.upto
+        self._reset(-1 if row is None else int(row[0]))
+        self.learn_from_log()
+        if self.due:
+            self.flush()
+
+    def _reset(self, upto: int) -> None:
+        """Know the events up to `upto` (in stream_index) and nothing in memory."""
+        self.upto = self.known = upto  # every event <= upto is in stream_index
         self._tail: dict[str, list[tuple[int, int]]] = {}  # stream -> [(version, position)] > upto
         self._pending: list[Entry] = []
         self._heads: dict[str, StreamHead] = {}
         self._number_of: dict[str, int] = {}
-        self.learn_from_log()
-        if self.due:
-            self.flush()
 
     def learn_from_log(self) -> None:
         """Take in the events the log holds beyond `known` (written by another writer)."""
@@ -164,8 +167,7 @@ class StreamIndex:
                 conn.execute(f"DELETE FROM {table}")
 
         in_transaction(self._conn, forget)
-        self.upto = self.known = -1
-        self._tail, self._pending, self._heads, self._number_of = {}, [], {}, {}
+        self._reset(-1)
         self.learn_from_log()
         self.flush()
 
