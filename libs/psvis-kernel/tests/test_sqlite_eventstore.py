@@ -163,6 +163,66 @@ async def test_an_edited_index_is_rebuilt_from_the_log_not_trusted(
         assert report.ok, report
 
 
+LOSSES = {
+    "the stream's newest entry": (
+        "DELETE FROM stream_index WHERE no = (SELECT no FROM streams WHERE stream_id = 's-1')"
+        " AND version = (SELECT MAX(version) FROM stream_index"
+        " WHERE no = (SELECT no FROM streams WHERE stream_id = 's-1'))"
+    ),
+    "the stream's number": "DELETE FROM streams WHERE stream_id = 's-1'",
+}
+
+
+@pytest.mark.parametrize("lost", LOSSES)
+async def test_an_index_that_lost_entries_is_rebuilt_before_any_append_uses_it(
+    tmp_path: Path, lost: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Entries gone from the index (nothing else changed) would give the stream an older head,
+    and a stale append a version already taken: the store counts the index when it opens."""
+    async with store_at(tmp_path / "psvis.db") as (_, store):  # closing it writes the index
+        versions = await fill(store, streams=4, rounds=6)
+        head = await store.head("s-1")
+    edit_log(tmp_path / "psvis.db", (LOSSES[lost], ()))
+
+    async with store_at(tmp_path / "psvis.db", "again") as (db, reopened):
+        assert await reopened.head("s-1") == head
+        with pytest.raises(ConcurrencyConflict):
+            await reopened.append("s-1", versions["s-1"] - 1, [event("stale")])
+        assert (
+            "the stream index holds" in caplog.text and "rebuilding it from the log" in caplog.text
+        )
+        (new,) = await reopened.append("s-1", versions["s-1"], [event("next")])
+        assert (new.version, new.envelope.prev_hash) == (versions["s-1"] + 1, head.hash)
+        report = await verify_store(reopened, SqliteCheckpointStore(db), [])
+        assert report.ok, report
+    caplog.clear()
+    async with store_at(tmp_path / "psvis.db") as (_, again):  # rebuilt once, whole since
+        assert (await again.head("s-1")).version == versions["s-1"] + 1
+    assert "stream index" not in caplog.text
+
+
+async def test_a_log_holding_one_version_twice_is_named_once_rebuilt(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The index cannot hold two events for one stream version: rebuilt from such a log it is
+    still short, which is the log's damage, said as such (not rebuilt again and again)."""
+    db, store = open_store(tmp_path / "psvis.db")
+    await fill(store, streams=3, rounds=4)
+    s1, s2 = await store.read_stream("s-1"), await store.read_stream("s-2")
+    await db.close()  # the store is not closed: the index is learnt from the log next time
+    edit_log(  # s-2's third event is overwritten by a copy of s-1's second
+        tmp_path / "psvis.db",
+        ("UPDATE events SET data = ? WHERE position = ?", (s1[1].data, s2[2].position)),
+    )
+    async with store_at(tmp_path / "psvis.db"):  # learns the log, and writes the index short
+        pass
+    async with store_at(tmp_path / "psvis.db") as (_, reopened):
+        assert "rebuilding it from the log" in caplog.text
+        assert "the log holds events that share a stream and version" in caplog.text
+        with pytest.raises(LogUnreadable):
+            await reopened.read_stream("s-2")
+
+
 async def test_a_log_whose_stream_is_out_of_order_is_unreadable_not_rebuilt_forever(
     tmp_path: Path,
 ) -> None:

@@ -6,7 +6,9 @@ derived from the log, from each event's envelope: durable in `stream_index` up t
 batches (one transaction per `batch` events), so the random B-tree pages of a per-stream index
 are written once per batch instead of once per append. The index is never the source of
 truth: after a crash the tail is learnt again from the log, and a log written by another
-process is learnt the same way.
+process is learnt the same way. An index whose entries, when a store opens it, are not one per
+event up to `upto` is rebuilt from the log; an entry pointing at the wrong event is found when it
+is read (IndexDisagrees).
 
 Stream ids are stored once, in `streams`; the index rows are small integers, so one page holds
 hundreds of them.
@@ -14,12 +16,15 @@ hundreds of them.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from collections.abc import Iterable, Sequence
 
 from psvis.envelope import RecordedEvent
 from psvis.eventstore.port import StreamHead, stored_events
 from psvis.sqlite_conn import in_transaction
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS streams (
@@ -69,11 +74,40 @@ class StreamIndex:
         self._conn = conn
         self._batch = batch
         conn.executescript(SCHEMA)
-        row = conn.execute("SELECT upto FROM stream_index_state WHERE id = 0").fetchone()
-        self._reset(-1 if row is None else int(row[0]))
+        upto, entries = self._counts()
+        self._reset(upto)
+        if entries != upto + 1:
+            # one entry per event up to `upto`, else entries were lost (or added): a lost newest
+            # entry would give a stream an older head, and an append a version already taken
+            log.warning(
+                "the stream index holds %d entries for the %d events up to position %d:"
+                " rebuilding it from the log",
+                entries,
+                upto + 1,
+                upto,
+            )
+            self.rebuild()
+            upto, entries = self._counts()
+            if entries != upto + 1:
+                log.error(
+                    "the log holds events that share a stream and version (%d events, %d"
+                    " distinct); run `psvis audit verify`",
+                    upto + 1,
+                    entries,
+                )
+            return
         self.learn_from_log()
         if self.due:
             self.flush()
+
+    def _counts(self) -> tuple[int, int]:
+        """(upto, the entries stream_index holds for numbered streams), in one statement: one
+        snapshot, even while another writer flushes."""
+        upto, entries = self._conn.execute(
+            "SELECT COALESCE((SELECT upto FROM stream_index_state WHERE id = 0), -1),"
+            " (SELECT COUNT(*) FROM stream_index i JOIN streams s ON s.no = i.no)"
+        ).fetchone()
+        return int(upto), int(entries)
 
     def _reset(self, upto: int) -> None:
         """Know the events up to `upto` (in stream_index) and nothing in memory."""
