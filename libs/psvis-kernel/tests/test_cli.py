@@ -84,19 +84,24 @@ def test_registry_commands_refuse_bad_arguments_before_calling(tmp_path) -> None
 def test_a_command_line_that_does_not_parse_is_a_usage_error_also_in_json() -> None:
     """argparse's errors (unknown flag, missing argument, bad value) exit 2 with the usage on
     stderr; under --json, stdout also carries the error, as for every other failure."""
-    cases = [
-        (["registry", "list", "--json", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
-        (["registry", "use", "--json"], "the following arguments are required"),
-        (["audit", "verify", "--json", "--max-unsigned", "many"], "--max-unsigned"),
-        (["registry", "list", "--js", "--bogus"], "unrecognized arguments: --bogus"),  # --json, abbreviated
+    cases = [  # (argv, the error, the usage printed: the command's own where one is named)
+        (["registry", "list", "--json", "--no-such-flag"], "unrecognized arguments: --no-such-flag",
+         "usage: psvis registry list [-h]"),
+        (["registry", "use", "--json"], "the following arguments are required",
+         "usage: psvis registry use [-h]"),
+        (["audit", "verify", "--json", "--max-unsigned", "many"], "--max-unsigned",
+         "usage: psvis audit verify [-h]"),
+        (["registry", "list", "--js", "--bogus"], "unrecognized arguments: --bogus",  # --json, abbreviated
+         "usage: psvis registry list [-h]"),
+        (["registry", "--json", "nosuch"], "invalid choice: 'nosuch'", "usage: psvis registry [-h]"),
     ]  # fmt: skip
-    for args, message in cases:
+    for args, message, usage in cases:
         run = subprocess.run(
             [sys.executable, "-m", "psvis.cli.main", *args],
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert run.returncode == 2 and "Traceback" not in run.stderr, (args, run.stderr)
-        assert "usage: psvis" in run.stderr and message in run.stderr, (args, run.stderr)
+        assert run.stderr.startswith(usage) and message in run.stderr, (args, run.stderr)
         error = json.loads(run.stdout)["error"]
         assert error["code"] == "USAGE" and message in error["message"], (args, error)
     plain = subprocess.run(

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
@@ -351,8 +352,8 @@ def cmd_asyncapi(args: argparse.Namespace) -> int:
 class UsageError(CliError):
     """The command line does not parse (argparse's error), said the way other errors are.
 
-    `usage` is that of the parser that found the error: the subcommand's for a bad value or a
-    missing argument, psvis's own for an argument no parser knew (argparse's own behaviour)."""
+    `usage` is that of the command whose line it is (`psvis registry list ...`), or of the
+    nearest parser above when no command was named."""
 
     def __init__(self, message: str, usage: str) -> None:
         super().__init__(message, status=2, code="USAGE")
@@ -365,6 +366,16 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{self.prog}: {message}", self.format_usage())
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        """argparse hands what a command's parser does not know up to psvis's, which reports it
+        with its own usage; a command's parser (one that runs something) reports it itself."""
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras and self.get_default("run") is not None:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, extras
 
 
 def build_parser() -> argparse.ArgumentParser:
