@@ -319,7 +319,12 @@ class MongoKafkaEventStore:
                 fetch_max_wait_ms=20,
                 auto_offset_reset="earliest",
             )
-            await consumer.start()
+            try:
+                await consumer.start()
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(consumer.stop(), 10)
+                raise
             consumer.assign([self.tp])
             consumer.pause(self.tp)
             self._reader = consumer
@@ -626,8 +631,8 @@ class OutboxRelay:
             acks="all",
             linger_ms=2,
         )
-        await producer.start()
         try:
+            await producer.start()  # a start that fails leaves a client to close, too
             # Getting the producer id fences older producers with this transactional.id and
             # completes (aborts) their open transaction, so the log's end is now final.
             await producer.begin_transaction()
@@ -720,10 +725,22 @@ class OutboxRelay:
         return done, found, version
 
     async def _publish(self, claims: list[Doc]) -> list[_Published]:
+        sent: list[tuple[str, int, int, Any]] = []
+        try:
+            return await self._send(claims, sent)
+        except BaseException:
+            # the records' delivery futures fail with the transaction (a fenced producer's
+            # sender fails them all): their error is this one, already raised to the caller
+            for *_, future in sent:
+                future.add_done_callback(_consume_error)
+            raise
+
+    async def _send(
+        self, claims: list[Doc], sent: list[tuple[str, int, int, Any]]
+    ) -> list[_Published]:
         producer = self._producer
         assert producer is not None
         topic = self._store.topic
-        sent: list[tuple[str, int, int, Any]] = []
         position = self._position
         await producer.begin_transaction()
         for claim in claims:
@@ -829,3 +846,9 @@ async def _each(work: Sequence[Awaitable[Any]], parallel: int = 8) -> None:
                 item.close()  # cancelled while waiting for the gate: it never ran
 
     await asyncio.gather(*(one(w) for w in work))
+
+
+def _consume_error(future: asyncio.Future[Any]) -> None:
+    """Take a failed future's error, so that asyncio does not report it as never retrieved."""
+    if not future.cancelled():
+        future.exception()
