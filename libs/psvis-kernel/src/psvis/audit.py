@@ -151,9 +151,8 @@ async def _check_in_spans(
                         todo.append(late[0])
                 if todo:  # this process's share
                     key = todo.pop()
-                    mine = job(key)
-                    done = [(key, mine, mine())]
-            for key, _, answer in done:
+                    done = [(key, job(key)())]
+            for key, answer in done:
                 if isinstance(answer, WorkerGone):
                     log.warning(_GONE, answer)
                     if key not in answered:
@@ -217,7 +216,7 @@ async def _ledger_answer(pool: JobPool, verifier: LogVerifier) -> LedgerCheck:
     """The worker's answer; if the worker could not give one, the check done here."""
     while not (done := await pool.answers(timeout=60)):
         pass
-    [(_, _, answer)] = done
+    [(_, answer)] = done
     if isinstance(answer, WorkerGone):
         log.warning(_GONE, answer)
         return verifier.ledger_check()

@@ -328,9 +328,9 @@ class SpanChecker(_EventChecks):
         return self._next == self._end
 
     def rows_end(self, next_offset: int | None) -> None:
-        """The span's rows ran out before its end; the log's next row is at next_offset, if any
-        (None: the log ends here)."""
-        if next_offset is not None and self._next < self._end:
+        """The span's rows ran out before its end (its caller has seen it not complete); the
+        log's next row is at next_offset, if any (None: the log ends here)."""
+        if next_offset is not None:
             self._missing(self._next, next_offset)
 
     def report(self) -> SpanReport:

@@ -85,7 +85,7 @@ def spawn_worker(name: str) -> tuple[WorkerProcess, Connection]:
 class _Worker:
     process: WorkerProcess
     conn: Connection
-    job: tuple[Hashable, Job] | None = None
+    key: Hashable | None = None  # of the job it holds, None when idle
     sending: asyncio.Future[None] | None = None
     given: int = 0  # when it was given its job, in jobs given by the pool
 
@@ -116,28 +116,27 @@ class JobPool:
             raise
 
     def idle(self) -> list[_Worker]:
-        return [w for w in self._workers if w.job is None]
+        return [w for w in self._workers if w.key is None]
 
     @property
     def busy(self) -> bool:
-        return any(w.job is not None for w in self._workers)
+        return any(w.key is not None for w in self._workers)
 
     def give(self, worker: _Worker, key: Hashable, job: Job) -> None:
         loop = asyncio.get_running_loop()
         self._given += 1
-        worker.job, worker.given = (key, job), self._given
+        worker.key, worker.given = key, self._given
         worker.sending = loop.run_in_executor(None, worker.conn.send, job)
         worker.sending.add_done_callback(_seen)  # a worker that died makes it fail: see finished
 
-    def finished(self, timeout: float = 0) -> list[tuple[Hashable, Job, Any]]:
-        """(key, job, answer) of each job done by now (or within timeout); WorkerGone for a
+    def finished(self, timeout: float = 0) -> list[tuple[Hashable, Any]]:
+        """(key, answer) of each job done by now (or within timeout); WorkerGone for a
         worker that ended without answering."""
-        busy = {w.conn: w for w in self._workers if w.job is not None}
+        busy = {w.conn: w for w in self._workers if w.key is not None}
         done = []
         for conn in wait(list(busy), timeout):
             worker = busy[conn]  # type: ignore[index]
-            assert worker.job is not None
-            key, job = worker.job
+            key = worker.key
             try:
                 answer = worker.conn.recv()
             except (EOFError, OSError):
@@ -148,15 +147,15 @@ class JobPool:
                 answer = WorkerGone(f"exit code {worker.process.exitcode}")
                 self._workers.remove(worker)
                 self._gone.append(worker)  # its connection is closed by close(), after the send
-            worker.job = None
-            done.append((key, job, answer))
+            worker.key = None
+            done.append((key, answer))
         return done
 
     def held(self) -> list[Hashable]:
         """The keys of the jobs workers hold, in the order they were given."""
-        return [w.job[0] for w in sorted(self._workers, key=lambda w: w.given) if w.job is not None]
+        return [w.key for w in sorted(self._workers, key=lambda w: w.given) if w.key is not None]
 
-    async def answers(self, timeout: float) -> list[tuple[Hashable, Job, Any]]:
+    async def answers(self, timeout: float) -> list[tuple[Hashable, Any]]:
         """finished(), waiting up to `timeout` seconds for an answer (on a thread: the loop
         goes on meanwhile)."""
         loop = asyncio.get_running_loop()
