@@ -75,6 +75,7 @@ async def test_reg5_steps_out_of_order_cite_the_lifecycle_not_a_city_rule(client
         (use(clients.unit, sid, "2024-03-01"), "going into use"),
         (review(clients.unit, sid), "a design review"),
         (accept(clients.unit, sid, "2024-03-01"), "acceptance"),
+        (build(clients.unit, sid, "2024-03-01"), "construction"),
     ]:
         details = await expect(call, REFUSED, f"is in_use: {what} does not apply", "REG-5")
         assert "Wuhan" not in details, details

@@ -152,12 +152,14 @@ def complete_construction(
     state: SystemState, cmd: reg.ConstructionCompleted, pack: RulePack
 ) -> Decision:
     state.require_not_removed("construction")
-    _step_on(state, cmd.completed_on, "construction.completed_on")
+    day = v.need_date(cmd.completed_on, "construction.completed_on")
+    if state.state not in (PLANNED, REVIEWED, REJECTED):
+        _out_of_order(state, "construction")
+    state.require_dated_in_order(day, "construction.completed_on")
     review = pack.rule("lifecycle.design_review")  # REG-5: no building before a passed review
     # Xi'an 14 para 1: the review is required of systems at the mandatory sites of Xi'an 9
     required = review.param("required", False) and state.site_category in mandatory_categories(pack)
-    ready = {REVIEWED} if required else {PLANNED, REVIEWED, REJECTED}
-    if state.state not in ready:
+    if required and state.state != REVIEWED:
         reason = f"system {state.system_id} is {state.state}: building needs a passed design review"
         return Refused("CompleteConstruction", review.cite(reason))
     return Accepted(cmd)
