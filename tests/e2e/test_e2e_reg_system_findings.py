@@ -113,6 +113,10 @@ async def test_reg7_bad_hash_or_kind_is_invalid_and_not_recorded(clients):
         await expect(attach(clients.unit, sid, "design", digest=bad or " "), INVALID, "sha256")
     await expect(attach(clients.unit, sid, "blueprints"), INVALID, "archive.kind")
     await expect(attach(clients.unit, sid, "design", on="2024-02-31"), INVALID, "attached_on")
+    nobody = reg.ArchiveAttached(kind="units_and_technicians", sha256=sha("list"),
+                                 title="units and technicians", attached_on="2024-02-10")  # fmt: skip
+    await expect(clients.unit.AttachArchive(reg.AttachArchiveRequest(system_id=sid, archive=nobody)),
+                 INVALID, "at least one unit or technician")  # fmt: skip
     assert await version(clients.unit, sid) == 1
 
 
@@ -186,6 +190,20 @@ async def test_reg9_a_person_registered_again_is_one_record_whose_training_count
     assert await findings(clients.police, "2024-03-10", "REG-9", f"system-{sid}") == []
 
 
+async def test_reg9_a_later_training_does_not_undo_an_earlier_one(clients):
+    """A refresher course (registered again with a later date) leaves the findings as of the
+    days between the two as they were: the person was trained since the first."""
+    sid = await in_use_system(clients.unit)
+    await person(clients.unit, sid, "p-1", trained="2024-01-20", filed="2024-01-21")
+    assert await findings(clients.police, "2024-06-01", "REG-9", f"system-{sid}") == []
+    await person(clients.unit, sid, "p-1", trained="2025-01-20", filed="2025-01-21")
+    assert await findings(clients.police, "2024-06-01", "REG-9", f"system-{sid}") == []
+    view = await clients.police.GetSystem(reg.GetSystemRequest(system_id=sid))
+    assert [(p.trained_on, p.filed_with_police_on) for p in view.personnel] == [
+        ("2024-01-20", "2024-01-21")
+    ]
+
+
 async def test_reg9_bad_person_record_is_invalid(clients):
     sid = await register(clients.unit)
     await expect(person(clients.unit, sid, "p 1"), INVALID, "person_id")
@@ -229,6 +247,19 @@ async def test_reg12_rectification_ordered_is_open_until_a_passed_inspection(cli
     assert "insp-1" in f.detail and "rectification_ordered" in f.detail
     await inspect(clients.police, sid, "insp-2", "passed", "2024-04-01")
     assert len(await findings(clients.police, "2024-03-31", "REG-12", f"system-{sid}")) == 1
+    assert await findings(clients.police, "2024-04-01", "REG-12", f"system-{sid}") == []
+
+
+@XIAN
+async def test_reg12_of_two_inspections_on_one_day_the_last_recorded_counts(clients):
+    """insp-10 passed after insp-2 ordered a rectification on the same day: nothing is open
+    (inspection ids are names, not a sequence: "insp-2" sorts after "insp-10")."""
+    sid = await register(clients.unit, xian_system())
+    await into_use(clients.unit, sid)
+    await inspect(clients.police, sid, "insp-2", "rectification_ordered", "2024-03-01")
+    (f,) = await findings(clients.police, "2024-04-01", "REG-12", f"system-{sid}")
+    assert "insp-2" in f.detail
+    await inspect(clients.police, sid, "insp-10", "passed", "2024-03-01")
     assert await findings(clients.police, "2024-04-01", "REG-12", f"system-{sid}") == []
 
 

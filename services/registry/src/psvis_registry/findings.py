@@ -180,11 +180,13 @@ def system_findings(doc: Document, pack: RulePack, as_of: date) -> Iterator[reg.
 def inspection_findings(
     view: reg.SystemView, pack: RulePack, subject: str, as_of: date
 ) -> Iterator[reg.Finding]:
-    """REG-12: the latest inspection's order to rectify stays open until one passes."""
+    """REG-12: the latest inspection's order to rectify stays open until one passes.
+
+    The latest is the one of the latest date; of several on one day, the last recorded."""
     done = [i for i in view.inspections if date.fromisoformat(i.inspected_on) <= as_of]
     if not done or pack.rule("inspections").silent:
         return
-    latest = max(done, key=lambda i: (i.inspected_on, i.inspection_id))
+    latest = sorted(done, key=lambda i: i.inspected_on)[-1]  # a stable sort: recording order
     if latest.outcome != "passed":
         since = date.fromisoformat(latest.inspected_on)
         detail = f"inspection {latest.inspection_id}: {latest.outcome}; {latest.notes}".strip("; ")

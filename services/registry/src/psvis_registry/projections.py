@@ -179,9 +179,16 @@ def _person(doc: Document, view: View, event: Any, env: pb.EventEnvelope) -> Non
     personnel, person = view.setdefault("personnel", []), json_dict(event)
     for i, known in enumerate(personnel):
         if known.get("person_id", "") == event.person_id:
-            personnel[i] = {**known, **person}
+            merged = {**known, **person}
+            for on in _PERSON_DATES:  # trained or filed again later: still so since the first
+                if on in known and on in person:
+                    merged[on] = min(known[on], person[on])  # ISO dates order as text
+            personnel[i] = merged
             return
     personnel.append(person)
+
+
+_PERSON_DATES = ("trained_on", "filed_with_police_on")
 
 
 def _classified(doc: Document, view: View, event: Any, env: pb.EventEnvelope) -> None:

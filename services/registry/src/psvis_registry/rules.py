@@ -285,6 +285,11 @@ def attach_archive(state: SystemState, cmd: reg.ArchiveAttached, pack: RulePack)
     v.sha256_hex(cmd.sha256, "archive.sha256")
     v.required(cmd.title, "archive.title")
     v.need_date(cmd.attached_on, "archive.attached_on")
+    if cmd.kind == "units_and_technicians" and not (cmd.units or cmd.technicians):
+        raise InvalidArgument(  # what that archive is (Wuhan 11, Xi'an 17)
+            "archive.units: an archive of units and technicians names at least one unit or"
+            " technician"
+        )
     return Accepted(cmd)
 
 
