@@ -257,6 +257,29 @@ async def test_reg6_xian_a_late_report_dated_after_the_removal_still_counts(clie
     assert (late.status, late.since) == ("resolved", "2024-04-01"), late
 
 
+@XIAN
+async def test_reg6_xian_a_removal_is_to_be_reported_within_30_days_after_it(clients):
+    """Xi'an 19 para 2: removed on 2024-06-30, due to be reported by 2024-07-30: never
+    reported, an open finding from 2024-07-31; reported late, resolved; in time, none."""
+    systems = {}
+    for name, reported in [("never", ""), ("late", "2024-08-20"), ("in-time", "2024-07-20")]:
+        systems[name] = sid = await register(clients.unit, xian_system())
+        await remove(clients.unit, sid, consent_ref="OK", reported_on=reported)
+    for as_of, expected in [
+        ("2024-07-30", {}),
+        ("2024-08-01", {"never": "open", "late": "open"}),
+        ("2024-09-01", {"never": "open", "late": "resolved"}),
+    ]:
+        found = await clients.police.ListFindings(
+            reg.ListFindingsRequest(as_of=as_of, spec="REG-6")
+        )
+        got = {name: f.status for name, sid in systems.items()
+               for f in found.findings if f.subject == f"system-{sid}"}  # fmt: skip
+        assert got == expected, (as_of, got)
+        assert all(f.article == "Xi'an 19" and f.since == "2024-07-31" for f in found.findings
+                   if f.subject in {f"system-{s}" for s in systems.values()})  # fmt: skip
+
+
 # --- REG-11 ------------------------------------------------------------------------------------
 
 

@@ -76,22 +76,30 @@ def _on_or_before(value: str, as_of: date) -> bool:
 
 def relocation_findings(doc: Document, pack: RulePack, as_of: date) -> Iterator[reg.Finding]:
     """REG-6, e.g. Xi'an 19: a move reported later than the days after it that the city allows."""
-    rule = pack.rule("relocation")
-    if rule.silent or rule.param("timing") != "report_after" or not rule.param("days", 0):
-        return
     subject = f"system-{doc['view']['system_id']}"
     for move in doc.get("relocations", []):
-        moved = date.fromisoformat(move["relocated_on"])
-        due = _plus(moved, int(rule.param("days")))
-        yield from _deadline(
-            "relocation", pack, subject, due, _d(move.get("reported_on", "")), as_of
-        )
+        yield from _reported_after(
+            "relocation", pack, subject, date.fromisoformat(move["relocated_on"]),
+            move.get("reported_on", ""), as_of,
+        )  # fmt: skip
+
+
+def _reported_after(
+    rule_id: str, pack: RulePack, subject: str, moved: date, reported_on: str, as_of: date
+) -> Iterator[reg.Finding]:
+    """A move or removal to be reported within the city's days after it (report_after)."""
+    rule = pack.rule(rule_id)
+    if rule.silent or rule.param("timing") != "report_after" or not rule.param("days", 0):
+        return
+    due = _plus(moved, int(rule.param("days")))
+    yield from _deadline(rule_id, pack, subject, due, _d(reported_on), as_of)
 
 
 def removal_findings(
     doc: Document, pack: RulePack, removed: date, as_of: date
 ) -> Iterator[reg.Finding]:
-    """A removed system's deadlines (REG-1, REG-6) that fell due before its removal.
+    """A removed system's deadlines (REG-1, REG-6) that fell due before its removal, and the
+    removal's own report (REG-6, e.g. Xi'an 19: within 30 days after it).
 
     Removing a system does not undo that it was filed or reported late, or never: those
     findings stay, and the ones still open are closed (nothing can be filed for a removed
@@ -104,6 +112,9 @@ def removal_findings(
             found.status = "closed"
             found.detail += f"; the system was removed on {removed}"
         yield found
+    subject = f"system-{doc['view']['system_id']}"
+    reported = doc.get("removal_reported_on", "")
+    yield from _reported_after("removal", pack, subject, removed, reported, as_of)
 
 
 def removed_by(doc: Document, view: reg.SystemView, as_of: date) -> bool:

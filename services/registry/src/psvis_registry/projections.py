@@ -1,7 +1,7 @@
 """Registry read models: one document per system and per mandatory site (REG-2 catalogue).
 
 A system's document is {"view": <SystemView as proto3 JSON>, "refusals", "relocations",
-"signage", "pre_existing", "built_on", "removed_on"}. The folds edit that JSON in place (the projection
+"signage", "pre_existing", "built_on", "removed_on", "removal_reported_on"}. The folds edit that JSON in place (the projection
 runner hands them a document it owns), so an event costs its own size, not the document's.
 """
 
@@ -143,6 +143,7 @@ def _in_use(doc: Document, view: View, event: Any, env: pb.EventEnvelope) -> Non
 def _removed(doc: Document, view: View, event: Any, env: pb.EventEnvelope) -> None:
     view["state"] = domain.REMOVED
     doc["removed_on"] = event.removed_on  # findings as of an earlier date still see the system
+    doc["removal_reported_on"] = event.reported_on  # where a city wants it reported after (REG-6)
 
 
 def _changed(doc: Document, view: View, event: Any, env: pb.EventEnvelope) -> None:
