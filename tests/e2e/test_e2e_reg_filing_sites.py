@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import grpc
 import pytest
 from e2e_kit import (
     DENIED,
     EXISTS,
     INVALID,
+    NOT_FOUND,
     REFUSED,
     XIAN,
     accept,
@@ -189,6 +191,27 @@ async def test_reg3_finding_resolved_once_a_system_at_the_site_is_in_use(clients
     assert [f.status for f in await findings(clients.police, "2024-01-31", "REG-3")] == ["open"]
     after = await findings(clients.police, "2024-02-01", "REG-3")
     assert all(f.status == "resolved" for f in after)
+
+
+async def test_reg3_a_system_at_a_declared_site_is_of_the_declared_category(clients):
+    """A unit cannot file a system at the police's metro site as "other" (and so escape the
+    rules of mandatory sites, such as Wuhan 10's rebuild plan): refused, nothing recorded,
+    whether it registers there or moves there."""
+    await declare(clients.police, site("site-metro", category="transport"))
+    disguised = system(site_=site("site-metro", category="other"))
+    await expect(clients.unit.RegisterSystem(reg.RegisterSystemRequest(system=disguised)),
+                 REFUSED, "site-metro is declared by the police a transport site", "REG-3")  # fmt: skip
+    with pytest.raises(grpc.aio.AioRpcError) as nothing:
+        await clients.unit.GetSystem(reg.GetSystemRequest(system_id=disguised.system_id))
+    assert nothing.value.code() == NOT_FOUND
+    await register(clients.unit, site_=site("site-metro", category="transport"))
+    elsewhere = await register(clients.unit)
+    move = reg.SystemRelocated(
+        new_site=site("site-metro", category="other"), relocated_on="2024-06-30"
+    )
+    await expect(clients.unit.RelocateSystem(reg.RelocateSystemRequest(system_id=elsewhere, relocation=move)),
+                 REFUSED, "relocation.new_site.category", "transport")  # fmt: skip
+    assert await version(clients.unit, elsewhere) == 1
 
 
 async def test_reg3_declaring_sites_is_for_police_and_mandatory_categories_only(clients):

@@ -12,6 +12,7 @@ from psvis.decision import Decision, execute
 from psvis.envelope import Actor, NewEvent, RecordedEvent
 from psvis.errors import AlreadyExists, ConcurrencyConflict, PermissionDenied, RuleRefusal
 from psvis.grpc_server import Caller
+from psvis.payloads import decode_payload
 from psvis.platform import Platform
 from psvis.registry.v1 import registry_pb2 as reg
 from psvis.rulepack import RulePack
@@ -38,21 +39,31 @@ class Registry:
                 f"{caller.agency} may register only its own systems, not {system.managing_unit}'s"
             )
 
+        declared = await self._declared_category(system.site.site_id)
+
         def decide(state: SystemState) -> Decision:
             if state.registered:
                 raise AlreadyExists(f"video system {state.system_id} is already registered")
-            return rules.register(state, system, self._p.pack)
+            decision = rules.register(state, system, self._p.pack)  # bad input is named first
+            rules.require_site_as_declared(system.site, declared, "system.site")
+            return decision
 
         return await self._run(caller, system.system_id, decide, 0)
 
     async def command(
         self, caller: Caller, system_id: str, expected: int, decide: Decide, payload: Message
     ) -> RecordedEvent:
+        moved_to = payload.new_site if isinstance(payload, reg.SystemRelocated) else None
+        declared = None if moved_to is None else await self._declared_category(moved_to.site_id)
+
         def decided(state: SystemState) -> Decision:
             state.require_registered()
             if caller.role == UNIT and state.managing_unit != caller.agency:
                 raise PermissionDenied(f"system {system_id} is not managed by {caller.agency}")
-            return decide(state, payload, self._p.pack)
+            decision = decide(state, payload, self._p.pack)  # bad input is named first
+            if moved_to is not None:
+                rules.require_site_as_declared(moved_to, declared, "relocation.new_site")
+            return decision
 
         return await self._run(caller, system_id, decided, expected)
 
@@ -90,6 +101,17 @@ class Registry:
             raise AlreadyExists(f"site {cmd.site.site_id} is already declared") from None
         await self._p.projections.wait_for_stream(stream, 1)
         return recorded
+
+    async def _declared_category(self, site_id: str) -> str | None:
+        """The category the police declared the site of, if they declared it (from the log)."""
+        if not site_id:
+            return None  # the command's validation names the missing id
+        declared = await self._p.events.read_stream(site_stream(site_id))
+        if not declared:
+            return None
+        declaration = decode_payload(declared[0].envelope)
+        assert isinstance(declaration, reg.MandatorySiteDeclared)
+        return str(declaration.site.category)
 
     async def system_doc(self, system_id: str) -> dict[str, object] | None:
         found = await self._p.reads.get(SYSTEMS, system_id)

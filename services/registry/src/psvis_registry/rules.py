@@ -79,6 +79,17 @@ def _site(site: reg.Site, field: str, pack: RulePack) -> None:
     v.coordinates(site.location.longitude, site.location.latitude, f"{field}.location")
 
 
+def require_site_as_declared(site: reg.Site, declared: str | None, field: str) -> None:
+    """A site the police declared mandatory (REG-3) is of the category they declared: the
+    category decides which of the city's rules apply to the systems there (Wuhan 10's rebuild
+    plan, Xi'an 14's design review), so a unit may not file one of its own."""
+    if declared is not None and site.category != declared:
+        raise FailedPrecondition(
+            f"{field}.category: site {site.site_id} is declared by the police a {declared}"
+            f" site (REG-3), not {v.shown(site.category)}"
+        )
+
+
 def _camera(camera: reg.Camera, i: int) -> None:
     field = f"system.cameras[{i}]"
     v.identifier(camera.camera_id, f"{field}.camera_id")
