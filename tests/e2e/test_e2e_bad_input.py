@@ -76,6 +76,7 @@ BAD_REGISTRATIONS = [
     ("cameras.0.place", "moon", "place"), ("cameras.0.place", "Hotel_Room", "place"),
     ("cameras.0.camera_id", "", "camera_id"), ("cameras.0.device_type", "", "device_type"),
     ("cameras.0.address_code", "", "address_code"), ("cameras.0.address_code", "4" * 33, "address_code"),
+    ("site.location.crs", "WGS84", "site.location.crs"), ("cameras.0.location.crs", "BD09", "CGCS2000"),
 ]  # fmt: skip
 
 
@@ -89,6 +90,20 @@ async def test_bad_registration_is_invalid_and_not_recorded(clients, path, value
             clients.police.GetSystem(reg.GetSystemRequest(system_id="s-bad")), NOT_FOUND, "s-bad"
         )
         await register(clients.unit, system("s-bad"))  # version 1: nothing was appended before
+
+
+async def test_a_site_or_camera_without_a_location_is_invalid_not_at_0_0(clients):
+    """REG-2: a missing location is not the point (0, 0) off West Africa."""
+    for where in ("site", "cameras[0]"):
+        bad = system("s-bad")
+        placed = bad.site if where == "site" else bad.cameras[0]
+        placed.ClearField("location")
+        await expect(clients.unit.RegisterSystem(reg.RegisterSystemRequest(system=bad)), INVALID,
+                     f"{where}.location is required")  # fmt: skip
+    assert await count(clients) == 0
+    ok = system("s-ok")
+    ok.site.location.crs = "CGCS2000"  # said, or left empty: the same
+    await register(clients.unit, ok)
 
 
 async def test_registration_without_cameras_or_with_duplicate_camera_ids_is_invalid(clients):

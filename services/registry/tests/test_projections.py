@@ -68,6 +68,7 @@ def reference_fold(doc: Document | None, event: Message, env: pb.EventEnvelope) 
         case reg.SystemRemoved():
             view.state = domain.REMOVED
             doc["removed_on"] = event.removed_on
+            doc["removal_reported_on"] = event.reported_on
         case reg.ArchiveAttached():
             view.archives.append(event)
         case reg.SignageInstalled():
@@ -80,7 +81,12 @@ def reference_fold(doc: Document | None, event: Message, env: pb.EventEnvelope) 
         case reg.MonitoringPersonnelRegistered():  # one record per person, merged
             same = [i for i, p in enumerate(view.personnel) if p.person_id == event.person_id]
             if same:
-                view.personnel[same[0]].MergeFrom(event)
+                known = view.personnel[same[0]]
+                dates = {f: getattr(known, f) for f in ("trained_on", "filed_with_police_on")}
+                known.MergeFrom(event)
+                for f, earlier in dates.items():  # a later date never replaces an earlier one
+                    if earlier and getattr(event, f):
+                        setattr(known, f, min(earlier, getattr(event, f)))
             else:
                 view.personnel.append(event)
         case reg.ClassificationSet():

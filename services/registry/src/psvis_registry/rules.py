@@ -36,6 +36,7 @@ PLACES = frozenset(
     }
 )  # fmt: skip
 CHANGE_ATTRIBUTES = frozenset({"position", "function", "orientation"})
+CRS = "CGCS2000"
 ARCHIVE_KINDS = frozenset(
     {"design", "construction", "acceptance", "maintenance", "units_and_technicians"}
 )
@@ -76,7 +77,7 @@ def _site(site: reg.Site, field: str, pack: RulePack) -> None:
     v.one_of(site.category, allowed, f"{field}.category")
     v.required(site.address, f"{field}.address")
     v.address_code(site.address_code, f"{field}.address_code")
-    v.coordinates(site.location.longitude, site.location.latitude, f"{field}.location")
+    _location(site, f"{field}.location")
 
 
 def require_site_as_declared(site: reg.Site, declared: str | None, field: str) -> None:
@@ -94,11 +95,25 @@ def _camera(camera: reg.Camera, i: int) -> None:
     field = f"system.cameras[{i}]"
     v.identifier(camera.camera_id, f"{field}.camera_id")
     v.required(camera.device_type, f"{field}.device_type")
-    v.coordinates(camera.location.longitude, camera.location.latitude, f"{field}.location")
+    _location(camera, f"{field}.location")
     v.address_code(camera.address_code, f"{field}.address_code")
     v.one_of(camera.place, PLACES, f"{field}.place")
     if not 0.0 <= camera.orientation_deg < 360.0:
         raise InvalidArgument(f"{field}.orientation_deg must be in [0, 360)")
+
+
+def _location(placed: reg.Site | reg.Camera, field: str) -> None:
+    """REG-2 (Wuhan 13 统一空间坐标): every site and camera has a location, in one coordinate
+    system, CGCS2000 (an empty crs says so too); a missing location is not (0, 0)."""
+    if not placed.HasField("location"):
+        raise InvalidArgument(f"{field} is required (longitude and latitude, CGCS2000)")
+    point = placed.location
+    if point.crs not in ("", CRS):
+        raise InvalidArgument(
+            f"{field}.crs {v.shown(point.crs)}: locations are given in {CRS}, the one"
+            " coordinate system of the catalogue (REG-2)"
+        )
+    v.coordinates(point.longitude, point.latitude, field)
 
 
 def register_precheck(cmd: reg.SystemRegistered) -> None:
