@@ -93,6 +93,31 @@ async def test_aud2_untouched_log_verifies(tmp_path: Path) -> None:
     assert report["notarised_size"] == 30 and report["checkpoints_checked"] == 4
 
 
+async def test_events_appended_while_a_verify_runs_are_not_an_unsigned_tail(
+    tmp_path: Path,
+) -> None:
+    """A verify of a running platform: the 40 events appended once it has read the
+    checkpoints are for the notary's next checkpoint, not ones it failed to sign; a tail
+    unsigned before the verify began still counts."""
+    log = await build_log(tmp_path)
+    read = log.checkpoints.all
+
+    async def busy_platform(log_id: str) -> Any:
+        records = await read(log_id)
+        for i in range(40):
+            head = await log.store.head("s-busy")
+            await log.store.append("s-busy", head.version, [note(f"busy {i}", log.clock)])
+        return records
+
+    log.checkpoints.all = busy_platform  # type: ignore[method-assign]
+    report = await verify_store(log.store, log.checkpoints, [log.signer.public], max_unsigned=5)
+    assert report.ok, report
+    assert report.events_checked in (30, 70)  # read to the end as it was, or as it is
+    log.checkpoints.all = read  # type: ignore[method-assign]
+    late = await verify_store(log.store, log.checkpoints, [log.signer.public], max_unsigned=39)
+    assert not late.ok and late.failure is not None and late.failure.check == "unsigned"
+
+
 async def test_aud1_flipped_byte_is_found_at_its_offset(tmp_path: Path) -> None:
     log = await build_log(tmp_path)
     data = bytearray(data_at(tmp_path, 13))

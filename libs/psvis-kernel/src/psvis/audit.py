@@ -70,6 +70,9 @@ async def verify_store(
     The report is the same every way. With `max_unsigned`, more unsigned newest events than
     that (checkpoints deleted, or no notary running) is a failure, not only a warning.
     """
+    size_before: int | None = None  # the log's size before its checkpoints are read
+    with contextlib.suppress(LogUnreadable):  # the pages' reading reports it
+        size_before = await events.log_size()
     try:
         records = await checkpoints.all(events.log_id)
     except LogUnreadable as e:
@@ -77,10 +80,12 @@ async def verify_store(
         with contextlib.suppress(_Stop):
             verifier.unreadable(str(e))
         return verifier.report
-    verifier = LogVerifier(events.log_id, records, {key_id(k): k for k in keys}, max_unsigned)
+    verifier = LogVerifier(
+        events.log_id, records, {key_id(k): k for k in keys}, max_unsigned, size_before
+    )
     path, size = getattr(events, "path", None), 0
     if path is not None:
-        with contextlib.suppress(LogUnreadable):  # the pages' reading reports it
+        with contextlib.suppress(LogUnreadable):
             size = await events.log_size()
     if span_workers is None:
         span_workers = usable_cores() - 1 if size >= SPANS_FROM else 0

@@ -363,12 +363,16 @@ class LogVerifier(_EventChecks):
         checkpoints: Sequence[CheckpointRecord],
         keys: dict[str, Ed25519PublicKey],
         max_unsigned: int | None = None,
+        size_before: int | None = None,
     ) -> None:
         super().__init__(0, b"".join(record.leaves for record in checkpoints))
         self.report = VerifyReport(log_id=log_id)
         self._checkpoints = checkpoints
         self._keys = keys
         self._max_unsigned = max_unsigned  # more unsigned newest events than this fail
+        # the log's size before the checkpoints were read: events appended since (a verify
+        # of a running platform) are for a later checkpoint, not unsigned ones
+        self._size_before = size_before
 
     def _fail(self, offset: int, check: str, detail: str) -> NoReturn:
         self.report.ok = False
@@ -445,6 +449,8 @@ class LogVerifier(_EventChecks):
             self.report.warnings.append(f"{tail} newest events are not yet covered by a checkpoint")
         # the notary signs every so many events and soon after any event: a longer unsigned
         # tail lost its newest checkpoints (deleted), or its notary stopped
+        if self._size_before is not None:
+            tail = max(0, min(size, self._size_before) - self.report.notarised_size)
         if self._max_unsigned is not None and tail > self._max_unsigned:
             self._fail(
                 self.report.notarised_size,

@@ -414,7 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=whole(0, 2**63 - 1),
         default=Settings.notary_every,
         help="fail if more of the newest events than this are not covered by a signed"
-        " checkpoint (default %(default)s, what the notary leaves unsigned at most)",
+        " checkpoint (default %(default)s, what the notary leaves unsigned at most; events"
+        " appended while the verify runs do not count)",
     )
     verify.add_argument("--json", action="store_true", help="print the JSON report")
     verify.set_defaults(run=cmd_audit_verify)
