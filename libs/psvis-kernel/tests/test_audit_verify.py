@@ -342,6 +342,9 @@ async def test_aud2_a_verify_that_fails_leaves_no_worker_behind(
     class Failing:
         log_id = log.store.log_id
 
+        async def log_size(self) -> int:
+            return 30
+
         async def read_page_bytes(self, after: int, limit: int) -> list[StoredRow]:
             raise OSError("disk gone")
 
