@@ -88,6 +88,26 @@ def _leader_lock(settings: Settings) -> TextIO:
     return handle
 
 
+async def _read_models_within_log(stores: Stores, projection: str) -> None:
+    """Embedded: read models further on than the log are dropped, to be rebuilt from it.
+
+    The log and the read models are two files: a log restored from a backup, or one whose
+    newest commits a power loss took (synchronous=NORMAL), can be behind read models that
+    kept theirs. Kept, their documents would be of versions the log no longer holds, and
+    would pass over the events appended again at those versions.
+    """
+    size = await stores.events.log_size()
+    position = await stores.reads.get_position(projection)
+    if position >= size:
+        log.warning(
+            "the read models have applied the log up to position %d, but it holds %d events"
+            " (restored from a backup, or its newest commits lost): rebuilding them from the log",
+            position,
+            size,
+        )
+        await stores.reads.drop_all()
+
+
 async def start_platform(
     settings: Settings,
     *,
@@ -109,10 +129,13 @@ async def start_platform(
         raise
     feed: EventsFeed | None = None
     tasks: list[asyncio.Task[None]] = []
+    read_models = f"{settings.namespace}.read-models"
     try:
+        if settings.backend == "embedded":
+            await _read_models_within_log(stores, read_models)
         feed = await _live_feed(settings, stores)
         runner = ProjectionRunner(
-            f"{settings.namespace}.read-models",
+            read_models,
             stores.events if feed is None else feed.delivered,
             stores.reads,
             [p for s in services for p in s.projections],
