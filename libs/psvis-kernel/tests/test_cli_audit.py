@@ -77,6 +77,20 @@ def test_an_untouched_folder_verifies_and_is_left_as_it_was(folder: Path) -> Non
     assert contents(folder) == before  # no read-models.db, no stream index written back
 
 
+def test_a_replay_in_worker_processes_leaves_the_log_file_as_it_was(folder: Path) -> None:
+    """Its workers open the log read-only too: not even the journal mode is set."""
+    conn = sqlite3.connect(folder / "psvis.db")
+    assert conn.execute("PRAGMA journal_mode=DELETE").fetchone() == ("delete",)
+    conn.close()
+    before = contents(folder)
+    replayed = psvis("audit", "replay", "--data-dir", str(folder), "--workers", "2", "--json")
+    assert replayed.returncode == 0, replayed.stderr
+    assert contents(folder) == before
+    conn = sqlite3.connect(folder / "psvis.db")
+    assert conn.execute("PRAGMA journal_mode").fetchone() == ("delete",)
+    conn.close()
+
+
 @pytest.mark.parametrize(
     ("statement", "offset", "check"),
     [

@@ -213,7 +213,9 @@ def _work(
 
 
 async def _fold_share(share: Share, projections: Sequence[StreamProjection], through: Any) -> int:
-    log_db, reads_db = SqliteDatabase(share.log_path), SqliteDatabase(share.into)
+    # the log as an audit opens it: read-only, its file left as it was (no WAL mode set)
+    log_db = SqliteDatabase(share.log_path, read_only=True)
+    reads_db = SqliteDatabase(share.into)
     try:
         # the workers' files are scratch: a power cut costs a rerun, not lost data
         reads_db.run_sync(lambda c: c.execute("PRAGMA synchronous=OFF"))
