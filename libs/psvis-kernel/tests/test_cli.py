@@ -137,3 +137,26 @@ def test_the_serve_banner_tells_clients_where_a_non_default_server_is() -> None:
     )
     ipv6 = Settings(data_dir=Path(".psvis"), listen="[::1]:0")
     assert _client_flags(ipv6, 41234) == "--as dev-police --server [::1]:41234"
+
+
+def test_what_the_machine_or_the_data_folder_says_is_one_line_not_a_traceback(tmp_path) -> None:
+    """A data folder that is a file, a log that is not a database, a payload that is not a
+    JSON object, a rule pack that is not UTF-8: each is said in one line, with exit 1 or 2."""
+    (tmp_path / "a-file").write_text("")
+    (tmp_path / "damaged").mkdir()
+    (tmp_path / "damaged" / "psvis.db").write_bytes(b"not a database, not at all\n" * 100)
+    (tmp_path / "bin.toml").write_bytes(b"\xff\xfe[pack]\n")
+    cases = [
+        (["serve", "--data-dir", str(tmp_path / "a-file"), "--listen", "127.0.0.1:0"], "a-file"),
+        (["serve", "--data-dir", str(tmp_path / "damaged"), "--listen", "127.0.0.1:0"],
+         "not a database"),
+        (["registry", "register", "--data", "5"], "a JSON object is wanted"),
+        (["rules", "check", str(tmp_path / "bin.toml")], "not UTF-8"),
+    ]  # fmt: skip
+    for args, message in cases:
+        run = subprocess.run(
+            [sys.executable, "-m", "psvis.cli.main", *args],
+            capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        )  # fmt: skip
+        assert run.returncode in (1, 2) and "Traceback" not in run.stderr, (args, run.stderr)
+        assert message in run.stderr + run.stdout, (args, run.stderr, run.stdout)

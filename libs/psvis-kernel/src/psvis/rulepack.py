@@ -124,6 +124,10 @@ def load_pack(path: Path) -> RulePack:
             data = tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
         raise RulePackError(f"{path}: not valid TOML: {e}") from e
+    except UnicodeDecodeError as e:  # TOML is UTF-8
+        raise RulePackError(
+            f"{path}: not valid TOML: not UTF-8 ({e.reason} at byte {e.start})"
+        ) from e
     except OSError as e:  # missing, a folder, unreadable
         raise RulePackError(f"{path}: cannot be read: {e.strerror or e}") from e
     return parse_pack(data, str(path))

@@ -107,7 +107,10 @@ def payload_from(args: argparse.Namespace, message: M) -> M:
     if text:
         base = type(message)()
         try:
-            ParseDict(json.loads(text), base)
+            parsed = json.loads(text)
+            if not isinstance(parsed, dict):
+                raise ValueError(f"a JSON object is wanted, not {type(parsed).__name__}")
+            ParseDict(parsed, base)
         except (ValueError, json_format.ParseError) as e:
             raise CliError(f"the JSON payload does not fit {base.DESCRIPTOR.name}: {e}") from None
         _overlay(base, message)

@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import os
+import sqlite3
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -18,6 +19,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from psvis.cli.client import CliError, default_pki, default_server, whole
+from psvis.errors import PsvisError
 from psvis.platform import discover_services
 from psvis.rulepack import RulePackError, check_requirements, load_pack
 from psvis.settings import Settings
@@ -487,6 +489,17 @@ def main(argv: list[str] | None = None) -> int:
         return _failed(e, as_json=getattr(args, "json", False))
     except BrokenPipeError:
         return _reader_gone()
+    except (PsvisError, OSError, sqlite3.Error, UnicodeDecodeError) as e:
+        # what the machine, the data folder or the services say (a folder that is a file, a
+        # file that is not a database, MongoDB unreachable): said in one line, not a traceback
+        return _failed(CliError(_said(e), status=1), as_json=getattr(args, "json", False))
+
+
+def _said(e: Exception) -> str:
+    """An operational error in one line: its own message, with what it concerns."""
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.strerror}: {e.filename}" if e.filename else e.strerror
+    return str(e) or type(e).__name__
 
 
 def _asks_for_json(argv: list[str]) -> bool:
