@@ -195,6 +195,8 @@ async def test_wrong_expected_version_is_aborted_and_not_recorded(clients):
     )
     await expect(clients.unit.CompleteConstruction(req), ABORTED, "version")
     assert await version(clients.unit, sid) == 1
+    req.system_id = "no-such-system"  # no version would do: not found, not "retry"
+    await expect(clients.unit.CompleteConstruction(req), NOT_FOUND, "no-such-system")
 
 
 # --- limits every request is held to, before the registry sees it --------------------------------

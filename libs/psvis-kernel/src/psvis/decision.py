@@ -72,6 +72,8 @@ async def execute(
     for attempt in range(attempts):
         state, version = await load(store, kind, stream_id)
         if expected_version and expected_version != version:
+            if version == 0:
+                decide(state)  # no such aggregate: its own error (NotFound), not one to retry
             raise ConcurrencyConflict(stream_id, expected_version, version)
         decision = decide(state)
         refusal = decision.citation if isinstance(decision, Refused) else None

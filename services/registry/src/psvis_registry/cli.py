@@ -307,7 +307,7 @@ def add_cli(sub: Any) -> None:
             "--expected-version",
             type=whole(0, 2**63 - 1),
             default=0,
-            help="refuse if the system moved past this version",
+            help="refuse the command unless the system is at this version (0: any)",
         )
         _payload_flags(p)
         add_connection_flags(p)
