@@ -78,6 +78,22 @@ async def test_aud3_replay_until_shows_state_as_it_was(tmp_path: Path) -> None:
     assert await before.reads.list("notes") == []
 
 
+async def test_aud3_a_clock_set_back_does_not_split_a_stream_at_until(tmp_path: Path) -> None:
+    """v2 of s-x is recorded 10 minutes before v1 (the clock was set back in between): at a
+    time between the two, v1 was not in the log, so neither was v2; the stream is left out
+    whole rather than folded from v2 on."""
+    log = await build_log(tmp_path, events=6, streams=2)
+    log.clock.advance(timedelta(minutes=30))
+    await log.store.append("s-x", 0, [note("first", log.clock)])
+    log.clock.advance(timedelta(minutes=-10))
+    await log.store.append("s-x", 1, [note("second", log.clock)])
+    between = START + timedelta(minutes=30)  # after v2's time, before v1's
+    past = await replay(log.store, PROJECTIONS, ["notes"], until=between)
+    assert {key for key, _ in await past.reads.list("notes")} == {"0", "1"}
+    now = await replay(log.store, PROJECTIONS, ["notes"])
+    assert dict(await now.reads.list("notes"))["x"]["notes"] == 2
+
+
 class CountingStore(SqliteReadStore):
     """Counts the documents written, and notes which were written or read back, in order."""
 

@@ -94,6 +94,7 @@ class ProjectionRunner:
         self._written: list[set[str]] | None = [set() for _ in projections] if empty else None
         self._writing: asyncio.Task[None] | None = None  # documents that left the cache
         self._until = None if until is None else _moment(until)
+        self._cut: list[set[str]] = [set() for _ in projections]  # streams cut off at `until`
         self._lock = asyncio.Lock()
         self.position = -2  # unknown until loaded
         self._advanced = asyncio.Condition()
@@ -246,14 +247,17 @@ class ProjectionRunner:
             await self._settle()  # a document on its way to the store is read back from it
             cache.load(await self._store.get_many(projection.collection, missing), missing)
         fold, until, traced = projection.fold, self._until, self._traced
-        entries = cache.entries
+        entries, cut = cache.entries, self._cut[i]
         for key, event in events:
             entry = entries[key]
             if event.version <= entry.version:
                 continue  # delivered before: effect exactly once
             env = event.envelope  # decoded once, by the store that read the event
-            if until is not None and _recorded_after(env, until):
-                continue  # AUD-3: not yet in the log at `until`
+            if until is not None and (key in cut or _recorded_after(env, until)):
+                # AUD-3: not yet in the log at `until`; nor then is any later event of its
+                # stream, even one recorded earlier by a clock set back in between
+                cut.add(key)
+                continue
             if event.version != entry.version + 1:
                 raise RuntimeError(
                     f"{event.stream_id}: version {event.version} after {entry.version}"
