@@ -15,6 +15,7 @@ from e2e_kit import (
     XIAN,
     accept,
     build,
+    camera,
     expect,
     findings,
     into_use,
@@ -204,10 +205,16 @@ async def test_reg3_a_system_at_a_declared_site_is_of_the_declared_category(clie
     with pytest.raises(grpc.aio.AioRpcError) as nothing:
         await clients.unit.GetSystem(reg.GetSystemRequest(system_id=disguised.system_id))
     assert nothing.value.code() == NOT_FOUND
+    in_a_hotel_room = system(site_=site("site-metro", category="other"),
+                             cameras=[camera("c1", place="hotel_room")])  # fmt: skip
+    await expect(clients.unit.RegisterSystem(reg.RegisterSystemRequest(system=in_a_hotel_room)),
+                 REFUSED, "Wuhan 18(1)")  # a city rule's refusal stands (and is recorded)  # fmt: skip
     await register(clients.unit, site_=site("site-metro", category="transport"))
     elsewhere = await register(clients.unit)
     move = reg.SystemRelocated(
-        new_site=site("site-metro", category="other"), relocated_on="2024-06-30"
+        new_site=site("site-metro", category="other"),
+        relocated_on="2024-06-30",
+        reported_on="2024-06-15",
     )
     await expect(clients.unit.RelocateSystem(reg.RelocateSystemRequest(system_id=elsewhere, relocation=move)),
                  REFUSED, "relocation.new_site.category", "transport")  # fmt: skip

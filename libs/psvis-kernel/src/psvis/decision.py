@@ -71,11 +71,9 @@ async def execute(
     """
     for attempt in range(attempts):
         state, version = await load(store, kind, stream_id)
+        decision = decide(state)  # what it raises (not found, not allowed, bad input) comes first
         if expected_version and expected_version != version:
-            if version == 0:
-                decide(state)  # no such aggregate: its own error (NotFound), not one to retry
             raise ConcurrencyConflict(stream_id, expected_version, version)
-        decision = decide(state)
         refusal = decision.citation if isinstance(decision, Refused) else None
         payload = kind.refusal_event(decision) if isinstance(decision, Refused) else decision.event
         event = NewEvent(payload, occurred_at, actor, refusal=refusal, trace=trace or {})

@@ -112,9 +112,10 @@ def removal_findings(
             found.status = "closed"
             found.detail += f"; the system was removed on {removed}"
         yield found
-    subject = f"system-{doc['view']['system_id']}"
-    reported = doc.get("removal_reported_on", "")
-    yield from _reported_after("removal", pack, subject, removed, reported, as_of)
+    if "removal_reported_on" in doc:  # older documents did not keep it: not known, not "never"
+        subject = f"system-{doc['view']['system_id']}"
+        reported = doc["removal_reported_on"]
+        yield from _reported_after("removal", pack, subject, removed, reported, as_of)
 
 
 def removed_by(doc: Document, view: reg.SystemView, as_of: date) -> bool:

@@ -8,7 +8,7 @@ from typing import Any
 
 from google.protobuf.message import Message
 from psvis.clock import city_date
-from psvis.decision import Decision, execute
+from psvis.decision import Accepted, Decision, execute
 from psvis.envelope import Actor, NewEvent, RecordedEvent
 from psvis.errors import AlreadyExists, ConcurrencyConflict, PermissionDenied, RuleRefusal
 from psvis.grpc_server import Caller
@@ -45,7 +45,8 @@ class Registry:
             if state.registered:
                 raise AlreadyExists(f"video system {state.system_id} is already registered")
             decision = rules.register(state, system, self._p.pack)  # bad input is named first
-            rules.require_site_as_declared(system.site, declared, "system.site")
+            if isinstance(decision, Accepted):  # a rule's refusal stands, and is recorded
+                rules.require_site_as_declared(system.site, declared, "system.site")
             return decision
 
         return await self._run(caller, system.system_id, decide, 0)
@@ -61,7 +62,7 @@ class Registry:
             if caller.role == UNIT and state.managing_unit != caller.agency:
                 raise PermissionDenied(f"system {system_id} is not managed by {caller.agency}")
             decision = decide(state, payload, self._p.pack)  # bad input is named first
-            if moved_to is not None:
+            if moved_to is not None and isinstance(decision, Accepted):
                 rules.require_site_as_declared(moved_to, declared, "relocation.new_site")
             return decision
 

@@ -489,10 +489,11 @@ def main(argv: list[str] | None = None) -> int:
         return _failed(e, as_json=getattr(args, "json", False))
     except BrokenPipeError:
         return _reader_gone()
-    except (PsvisError, OSError, sqlite3.Error, UnicodeDecodeError) as e:
+    except (PsvisError, OSError, sqlite3.Error) as e:
         # what the machine, the data folder or the services say (a folder that is a file, a
         # file that is not a database, MongoDB unreachable): said in one line, not a traceback
-        return _failed(CliError(_said(e), status=1), as_json=getattr(args, "json", False))
+        failure = CliError(_said(e), status=1, code="UNAVAILABLE")
+        return _failed(failure, as_json=getattr(args, "json", False))
 
 
 def _said(e: Exception) -> str:
