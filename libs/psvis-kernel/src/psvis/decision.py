@@ -71,9 +71,13 @@ async def execute(
     """
     for attempt in range(attempts):
         state, version = await load(store, kind, stream_id)
-        decision = decide(state)  # what it raises (not found, not allowed, bad input) comes first
         if expected_version and expected_version != version:
+            # the caller decided on a version the stream is not at: a conflict to read again
+            # and retry, but for a stream that does not exist, which its own error names
+            if version == 0:
+                decide(state)
             raise ConcurrencyConflict(stream_id, expected_version, version)
+        decision = decide(state)
         refusal = decision.citation if isinstance(decision, Refused) else None
         payload = kind.refusal_event(decision) if isinstance(decision, Refused) else decision.event
         event = NewEvent(payload, occurred_at, actor, refusal=refusal, trace=trace or {})
