@@ -127,7 +127,9 @@ class JobPool:
         self._given += 1
         worker.key, worker.given = key, self._given
         worker.sending = loop.run_in_executor(None, worker.conn.send, job)
-        worker.sending.add_done_callback(_seen)  # a worker that died makes it fail: see finished
+        worker.sending.add_done_callback(
+            take_error
+        )  # a worker that died makes it fail: see finished
 
     def finished(self, timeout: float = 0) -> list[tuple[Hashable, Any]]:
         """(key, answer) of each job done by now (or within timeout); WorkerGone for a
@@ -184,6 +186,8 @@ class JobPool:
             worker.process.join()
 
 
-def _seen(done: asyncio.Future[None]) -> None:
+def take_error(done: asyncio.Future[Any]) -> None:
+    """A done callback that takes a failed future's error, so that asyncio does not report
+    it as never retrieved (whoever needs the error has it another way)."""
     if not done.cancelled():
         done.exception()

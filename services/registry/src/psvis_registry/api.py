@@ -76,12 +76,17 @@ class RegistryApi(reg_grpc.RegistryServiceServicer):
         decide: Decide,
         payload: Message,
     ) -> reg.CommandResult:
-        caller = authorise(context, method)
-        v.identifier(request.system_id, "system_id")
+        caller = self._caller(context, method, request)
         recorded = await self._r.command(
             caller, request.system_id, request.expected_version, decide, payload
         )
         return result(recorded)
+
+    def _caller(self, context: grpc.aio.ServicerContext, method: str, request: Any) -> Caller:
+        """Who calls, allowed to call `method`, about a system id that is one."""
+        caller = authorise(context, method)
+        v.identifier(request.system_id, "system_id")
+        return caller
 
     async def FileSystem(self, request, context):  # type: ignore[no-untyped-def]
         return await self._command(
@@ -125,8 +130,11 @@ class RegistryApi(reg_grpc.RegistryServiceServicer):
         )
 
     async def RelocateSystem(self, request, context):  # type: ignore[no-untyped-def]
-        return await self._command(
-            context, "RelocateSystem", request, rules.relocate, request.relocation
+        caller = self._caller(context, "RelocateSystem", request)
+        return result(
+            await self._r.relocate(
+                caller, request.system_id, request.expected_version, request.relocation
+            )
         )
 
     async def RemoveSystem(self, request, context):  # type: ignore[no-untyped-def]

@@ -54,19 +54,28 @@ class Registry:
     async def command(
         self, caller: Caller, system_id: str, expected: int, decide: Decide, payload: Message
     ) -> RecordedEvent:
-        moved_to = payload.new_site if isinstance(payload, reg.SystemRelocated) else None
-        declared = None if moved_to is None else await self._declared_category(moved_to.site_id)
-
         def decided(state: SystemState) -> Decision:
             state.require_registered()
             if caller.role == UNIT and state.managing_unit != caller.agency:
                 raise PermissionDenied(f"system {system_id} is not managed by {caller.agency}")
-            decision = decide(state, payload, self._p.pack)  # bad input is named first
-            if moved_to is not None and isinstance(decision, Accepted):
-                rules.require_site_as_declared(moved_to, declared, "relocation.new_site")
-            return decision
+            return decide(state, payload, self._p.pack)
 
         return await self._run(caller, system_id, decided, expected)
+
+    async def relocate(
+        self, caller: Caller, system_id: str, expected: int, move: reg.SystemRelocated
+    ) -> RecordedEvent:
+        """A command like the others, but that the new site's declared category (REG-3) is
+        read first, and holds for a move the city's rules accept."""
+        declared = await self._declared_category(move.new_site.site_id)
+
+        def decide(state: SystemState, cmd: reg.SystemRelocated, pack: RulePack) -> Decision:
+            decision = rules.relocate(state, cmd, pack)  # bad input is named first
+            if isinstance(decision, Accepted):  # a rule's refusal stands, and is recorded
+                rules.require_site_as_declared(cmd.new_site, declared, "relocation.new_site")
+            return decision
+
+        return await self.command(caller, system_id, expected, decide, move)
 
     async def _run(
         self,

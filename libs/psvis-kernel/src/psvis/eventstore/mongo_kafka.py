@@ -99,6 +99,7 @@ from psvis.envelope import NewEvent, RecordedEvent, seal_stream
 from psvis.errors import ConcurrencyConflict, Unavailable
 from psvis.eventstore.port import StreamHead
 from psvis.telemetry import context_from, tracer
+from psvis.workers import take_error
 
 log = logging.getLogger(__name__)
 
@@ -732,7 +733,7 @@ class OutboxRelay:
             # the records' delivery futures fail with the transaction (a fenced producer's
             # sender fails them all): their error is this one, already raised to the caller
             for *_, future in sent:
-                future.add_done_callback(_consume_error)
+                future.add_done_callback(take_error)
             raise
 
     async def _send(
@@ -846,9 +847,3 @@ async def _each(work: Sequence[Awaitable[Any]], parallel: int = 8) -> None:
                 item.close()  # cancelled while waiting for the gate: it never ran
 
     await asyncio.gather(*(one(w) for w in work))
-
-
-def _consume_error(future: asyncio.Future[Any]) -> None:
-    """Take a failed future's error, so that asyncio does not report it as never retrieved."""
-    if not future.cancelled():
-        future.exception()
