@@ -113,6 +113,22 @@ async def test_reg1_wuhan_filing_in_time_is_never_a_finding(clients):
         assert await findings(clients.police, as_of, "REG-1", f"system-{sid}") == []
 
 
+async def test_reg1_wuhan_a_filing_before_acceptance_does_not_meet_wuhan_9(clients):
+    """Wuhan 9 wants what was accepted filed within 30 days from the acceptance: a filing made
+    while the system was being built does not meet it; one after the acceptance does."""
+    sid = await register(clients.unit)
+    await build(clients.unit, sid, "2024-01-10")
+    await file_system(clients.unit, sid, "2024-01-12")
+    await accept(clients.unit, sid, "2024-01-15")  # due 2024-02-14
+    (late,) = await findings(clients.police, "2024-02-15", "REG-1", f"system-{sid}")
+    assert (late.status, late.since, late.article) == ("open", "2024-02-15", "Wuhan 9")
+    assert "filing of 2024-01-12 came before the acceptance on 2024-01-15" in late.detail
+    await file_system(clients.unit, sid, "2024-02-20")
+    (after,) = await findings(clients.police, "2024-03-01", "REG-1", f"system-{sid}")
+    assert (after.status, after.since) == ("resolved", "2024-02-15")
+    assert "filed late on 2024-02-20" in after.detail
+
+
 async def test_reg1_wuhan_filing_without_required_contents_is_refused(clients):
     sid = await accepted_system(clients.unit, "2024-01-15")
     await expect(file_system(clients.unit, sid, "2024-02-01", ["point_layout"]), REFUSED,

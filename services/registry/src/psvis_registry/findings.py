@@ -36,17 +36,33 @@ def finding(
     )  # fmt: skip
 
 
+_TRIGGERS = {"accepted": "acceptance", "in_use": "going into use"}
+
+
 def filing_findings(doc: Document, pack: RulePack, as_of: date) -> Iterator[reg.Finding]:
-    """REG-1: a system not filed within the city's deadline."""
+    """REG-1: a system not filed within the city's deadline.
+
+    A new system's filing is due within the days after its trigger (e.g. Wuhan 9: acceptance)
+    and holds what was accepted (the main device types and point layout), so only a filing
+    dated on or after the trigger meets it; one dated before (filed while being built) does not.
+    """
     view = view_of(doc)
-    subject, filed = f"system-{view.system_id}", _d(view.filed_on)
+    subject = f"system-{view.system_id}"
+    filings = [d for d in map(_d, doc.get("filings") or [view.filed_on]) if d is not None]
     rule = pack.rule("filing.new_system")
-    start = _d(
-        {"accepted": view.accepted_on, "in_use": view.in_use_on}.get(rule.param("trigger", ""), "")
-    )
+    trigger = rule.param("trigger", "")
+    start = _d({"accepted": view.accepted_on, "in_use": view.in_use_on}.get(trigger, ""))
     if not rule.silent and start is not None and (pack.in_force is None or start >= pack.in_force):
         due = _plus(start, int(rule.param("within_days", 0)))
-        yield from _deadline("filing.new_system", pack, subject, due, filed, as_of)
+        filed = min((d for d in filings if d >= start), default=None)
+        for found in _deadline("filing.new_system", pack, subject, due, filed, as_of):
+            if filings and filings[0] < start:
+                found.detail += (
+                    f"; the filing of {filings[0]} came before the {_TRIGGERS[trigger]}"
+                    f" on {start} and does not count"
+                )
+            yield found
+    filed = filings[0] if filings else None
     pre = pack.rule("filing.pre_existing")
     built = _d(doc.get("built_on", ""))
     if not pre.silent and doc.get("pre_existing") and built and built < pre.param("built_before"):

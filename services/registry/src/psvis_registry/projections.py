@@ -1,7 +1,7 @@
 """Registry read models: one document per system and per mandatory site (REG-2 catalogue).
 
 A system's document is {"view": <SystemView as proto3 JSON>, "refusals", "relocations",
-"signage", "pre_existing", "built_on", "removed_on", "removal_reported_on"}. The folds edit that JSON in place (the projection
+"signage", "filings", "pre_existing", "built_on", "removed_on", "removal_reported_on"}. The folds edit that JSON in place (the projection
 runner hands them a document it owns), so an event costs its own size, not the document's.
 """
 
@@ -123,6 +123,7 @@ def _signage(doc: Document, view: View, event: Any, env: pb.EventEnvelope) -> No
 
 def _filed(doc: Document, view: View, event: Any, env: pb.EventEnvelope) -> None:
     _put(view, "filed_on", view.get("filed_on") or event.filed_on)
+    doc["filings"] = sorted([*doc.get("filings", []), event.filed_on])  # REG-1: every filing
 
 
 def _reviewed(doc: Document, view: View, event: Any, env: pb.EventEnvelope) -> None:
