@@ -95,3 +95,21 @@ async def test_errors_reach_a_json_reader_on_stdout_and_a_person_on_stderr(platf
     assert unknown.status == 2 and unknown.json["error"]["code"] == "CLIENT_ERROR"
     assert "nobody-here.crt not found" in unknown.json["error"]["message"]
     assert "nobody-here.crt not found" in unknown.stderr
+
+
+async def test_a_construction_projects_milestone_through_the_cli(platform, settings):
+    """REG-5: `psvis registry milestone` records a step of the main works; a bad step is the
+    parser's usage error (exit 2), a repeated one the server's ALREADY_EXISTS (exit 1)."""
+    run = await psvis(platform, settings, "milestone", "plaza-2", "--step", "built", "--on",
+                      "2024-03-01", "--json")  # fmt: skip
+    assert run.status == 0 and run.json["stream_id"] == "project-plaza-2", run
+    assert run.json["version"] == "1"
+    run = await psvis(
+        platform, settings, "milestone", "plaza-2", "--step", "opened", "--on", "2024-03-01"
+    )
+    assert run.status == 2 and "invalid choice: 'opened'" in run.stderr, run
+    run = await psvis(
+        platform, settings, "milestone", "plaza-2", "--step", "built", "--on", "2024-03-02"
+    )
+    assert run.status == 1 and "ALREADY_EXISTS" in run.stderr, run
+    assert "already built on 2024-03-01" in run.stderr, run

@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 import pytest
 from e2e_kit import (
+    EXISTS,
     INVALID,
     REFUSED,
     accept,
@@ -12,7 +13,9 @@ from e2e_kit import (
     camera,
     change,
     expect,
+    findings,
     into_use,
+    new_id,
     register,
     review,
     site,
@@ -346,3 +349,106 @@ async def test_reg11_change_of_unknown_camera_or_bad_orientation_is_invalid(clie
         file_change(clients.unit, sid, change("cam-1", "colour", "red")), INVALID, "attribute"
     )
     assert await version(clients.unit, sid) == 1
+
+
+# --- REG-5: construction projects (Wuhan 8 para 1, Xi'an 16) -----------------------------------
+
+
+async def milestone(stub, project: str, step: str, on: str) -> reg.CommandResult:
+    reached = reg.ProjectMilestoneReached(project_id=project, milestone=step, reached_on=on)
+    return await stub.RecordProjectMilestone(reg.RecordProjectMilestoneRequest(milestone=reached))
+
+
+async def project_system(stub, project: str, sys_: reg.SystemRegistered | None = None) -> str:
+    """A system of the project through its whole lifecycle, reviewed 01-05, built 01-10,
+    accepted 01-15 and put into use 02-01 (2024)."""
+    if sys_ is None:
+        sid = await register(stub, construction_project=project)
+    else:
+        sys_.construction_project = project
+        sid = await register(stub, sys_)
+    await into_use(stub, sid, accepted_on="2024-01-15", in_use_on="2024-02-01")
+    return sid
+
+
+async def test_reg5_wuhan_a_system_accepted_after_its_projects_main_works_is_a_finding(clients):
+    """Wuhan 8 para 1: designed, built, accepted and put into use at the same time as the main
+    works. The system was accepted three days after them: open from the next day, resolved
+    once it was accepted; the steps it kept in step with raise nothing."""
+    project = new_id("proj")
+    sid = await project_system(clients.unit, project)
+    for step, on in [("designed", "2024-01-05"), ("built", "2024-01-10"),
+                     ("accepted", "2024-01-12"), ("in_use", "2024-02-01")]:  # fmt: skip
+        await milestone(clients.unit, project, step, on)
+    subject = f"system-{sid}"
+    assert await findings(clients.police, "2024-01-12", "REG-5", subject) == []
+    (lag,) = await findings(clients.police, "2024-01-14", "REG-5", subject)
+    assert (lag.status, lag.since, lag.article, lag.rule) == (
+        "open", "2024-01-13", "Wuhan 8 para 1", "lifecycle.construction_project_sync",
+    )  # fmt: skip
+    assert f"project {project} were accepted on 2024-01-12" in lag.detail, lag.detail
+    (done,) = await findings(clients.police, "2024-03-01", "REG-5", subject)
+    assert (done.status, done.since) == ("resolved", "2024-01-13")
+    assert "only on 2024-01-15" in done.detail, done.detail
+
+
+async def test_reg5_wuhan_main_works_in_use_before_the_system_is_open_until_it_is(clients):
+    project = new_id("proj")
+    sid = await register(clients.unit, construction_project=project)
+    await review(clients.unit, sid)
+    await build(clients.unit, sid)
+    await milestone(clients.unit, project, "built", "2024-01-08")  # the system: 01-10
+    (built,) = await findings(clients.police, "2024-01-09", "REG-5", f"system-{sid}")
+    assert (built.status, built.since) == ("open", "2024-01-09")
+    (built,) = await findings(clients.police, "2024-01-10", "REG-5", f"system-{sid}")
+    assert built.status == "resolved"
+    await milestone(clients.unit, project, "in_use", "2024-03-01")
+    found = await findings(clients.police, "2024-06-01", "REG-5", f"system-{sid}")
+    assert [(f.status, f.since) for f in found] == [("resolved", "2024-01-09"),
+                                                    ("open", "2024-03-02")]  # fmt: skip
+    assert "put into use on 2024-03-01; the system has not been yet" in found[1].detail
+
+
+@XIAN
+async def test_reg5_xian_accepts_the_system_independently_of_the_main_works(clients):
+    """Xi'an 16: 同步设计、同步施工、独立验收、同步投入使用: acceptance is not compared."""
+    project = new_id("proj")
+    sid = await project_system(clients.unit, project, xian_system())
+    await milestone(clients.unit, project, "accepted", "2024-01-11")
+    await milestone(clients.unit, project, "in_use", "2024-01-20")
+    (lag,) = await findings(clients.police, "2024-06-01", "REG-5", f"system-{sid}")
+    assert (lag.status, lag.since, lag.article) == ("resolved", "2024-01-21", "Xi'an 16")
+    assert "put into use on 2024-01-20; the system only on 2024-02-01" in lag.detail
+
+
+async def test_reg5_a_system_not_of_a_project_or_removed_before_it_owes_nothing(clients):
+    project = new_id("proj")
+    plain = await register(clients.unit)
+    removed = await register(clients.unit, construction_project=project)
+    await build(clients.unit, removed)
+    await clients.unit.RemoveSystem(reg.RemoveSystemRequest(system_id=removed, removal=reg.SystemRemoved(
+        removed_on="2024-01-20", reason="urban works", reported_on="2024-01-01")))  # fmt: skip
+    await milestone(clients.unit, project, "accepted", "2024-01-12")
+    await milestone(clients.unit, project, "in_use", "2024-02-01")
+    found = await findings(clients.police, "2024-06-01", "REG-5")
+    assert [(f.subject, f.status) for f in found if f.subject in (f"system-{plain}", f"system-{removed}")] == [
+        (f"system-{removed}", "closed")  # accepted: lagged from 01-13; in use: removed before
+    ]  # fmt: skip
+
+
+async def test_reg5_project_milestones_bad_input_and_order_append_nothing(clients):
+    project = new_id("proj")
+    await expect(milestone(clients.unit, project, "opened", "2024-01-01"), INVALID,
+                 "milestone.milestone", "designed, in_use")  # fmt: skip
+    await expect(milestone(clients.unit, project, "built", "2024-02-30"), INVALID,
+                 "milestone.reached_on")  # fmt: skip
+    await expect(milestone(clients.unit, "bad id!", "built", "2024-02-01"), INVALID,
+                 "milestone.project_id")  # fmt: skip
+    assert (await milestone(clients.unit, project, "built", "2024-02-01")).version == 1
+    await expect(milestone(clients.unit, project, "built", "2024-02-03"), EXISTS,
+                 "already built on 2024-02-01")  # fmt: skip
+    await expect(milestone(clients.unit, project, "designed", "2024-02-02"), REFUSED,
+                 "after the project's built step on 2024-02-01")  # fmt: skip
+    await expect(milestone(clients.unit, project, "in_use", "2024-01-31"), REFUSED,
+                 "before the project's built step")  # fmt: skip
+    assert (await milestone(clients.unit, project, "in_use", "2024-02-01")).version == 2

@@ -22,7 +22,9 @@ START = datetime(2024, 3, 1, 8, 0, tzinfo=UTC)
 
 def reference_fold(doc: Document | None, event: Message, env: pb.EventEnvelope) -> Document:
     """The fold as it was first written: through a SystemView and back, for every event."""
-    doc = json.loads(canonical_json(doc or {"view": {}, "refusals": [], "relocations": []}))
+    doc = json.loads(
+        canonical_json(doc or {"view": {}, "refusals": [], "relocations": [], "steps": {}})
+    )
     view = view_of(doc)
     view.version = env.stream_version
     on = env.occurred_at.ToDatetime().date().isoformat()
@@ -37,12 +39,17 @@ def reference_fold(doc: Document | None, event: Message, env: pb.EventEnvelope) 
                 )
             )  # fmt: skip
             doc["pre_existing"], doc["built_on"] = event.pre_existing, event.built_on
+            doc["construction_project"] = event.construction_project
         case reg.SystemFiled():
             view.filed_on = view.filed_on or event.filed_on
+            doc["filings"] = sorted([*doc.get("filings", []), event.filed_on])
         case reg.DesignReviewed():
             view.state = domain.REVIEWED if event.passed else domain.REJECTED
+            if event.passed:
+                doc["steps"].setdefault("designed", event.reviewed_on)
         case reg.ConstructionCompleted():
             view.state = domain.BUILT
+            doc["steps"].setdefault("built", event.completed_on)
         case reg.AcceptanceRecorded():
             view.state = domain.ACCEPTED if event.passed else domain.RECTIFICATION
             view.accepted_on = event.accepted_on if event.passed else view.accepted_on

@@ -169,6 +169,12 @@ class RegistryApi(reg_grpc.RegistryServiceServicer):
             context, "RecordInspection", request, rules.record_inspection, request.inspection
         )
 
+    async def RecordProjectMilestone(
+        self, request: reg.RecordProjectMilestoneRequest, context: grpc.aio.ServicerContext
+    ) -> reg.CommandResult:
+        caller = authorise(context, "RecordProjectMilestone")
+        return result(await self._r.record_milestone(caller, request.milestone))
+
     async def DeclareMandatorySite(
         self, request: reg.DeclareMandatorySiteRequest, context: grpc.aio.ServicerContext
     ) -> reg.CommandResult:

@@ -22,6 +22,8 @@ from psvis.cli.client import (
 from psvis.registry.v1 import registry_pb2 as reg
 from psvis.registry.v1 import registry_pb2_grpc as reg_grpc
 
+from psvis_registry import rules
+
 
 @dataclass(frozen=True)
 class Flag:
@@ -186,6 +188,18 @@ def _declare_site(args: argparse.Namespace) -> int:
     return run_rpc(call)
 
 
+def _milestone(args: argparse.Namespace) -> int:
+    step = reg.ProjectMilestoneReached(
+        project_id=args.project_id, milestone=args.step, reached_on=args.on
+    )
+
+    async def call() -> None:
+        request = reg.RecordProjectMilestoneRequest(milestone=step)
+        _print_result(args, await _stub(args).RecordProjectMilestone(request))
+
+    return run_rpc(call)
+
+
 def _classify(args: argparse.Namespace) -> int:
     c = reg.Classification(
         anti_terror_key_target=args.anti_terror, security_key_unit=args.key_unit,
@@ -335,6 +349,17 @@ def add_cli(sub: Any) -> None:
     p.set_defaults(run=_declare_site)
 
     p = commands.add_parser(
+        "milestone",
+        help="record a step of a construction project's main works, which its systems keep"
+        " in step with (REG-5)",
+    )
+    p.add_argument("project_id", help="the project, as systems name it in construction_project")
+    p.add_argument("--step", required=True, choices=rules.MILESTONES)
+    p.add_argument("--on", required=True, help="date the main works reached it, e.g. 2024-03-01")
+    add_connection_flags(p)
+    p.set_defaults(run=_milestone)
+
+    p = commands.add_parser(
         "get", help="a system's basic information (REG-10: its unit or the police)"
     )
     p.add_argument("system_id")
@@ -361,7 +386,7 @@ def add_cli(sub: Any) -> None:
     p.set_defaults(run=_cameras)
 
     p = commands.add_parser(
-        "findings", help="compliance findings with article (REG-1, 3, 7, 8, 9, 12)"
+        "findings", help="compliance findings with article (REG-1, 3, 5, 6, 7, 8, 9, 12)"
     )
     p.add_argument(
         "--as-of", help="date to evaluate at, YYYY-MM-DD (default: today in China, UTC+8)"

@@ -119,3 +119,7 @@ def system_stream(system_id: str) -> str:
 
 def site_stream(site_id: str) -> str:
     return f"site-{site_id}"
+
+
+def project_stream(project_id: str) -> str:
+    return f"project-{project_id}"

@@ -241,9 +241,68 @@ def site_findings(
         yield f
 
 
+_DONE = {"designed": "designed", "built": "built", "accepted": "accepted", "in_use": "put into use"}
+
+
+def project_findings(
+    systems: list[Document], projects: list[Document], pack: RulePack, as_of: date
+) -> Iterator[reg.Finding]:
+    """REG-5 (Wuhan 8 para 1, Xi'an 16): a construction project's system kept in step with its
+    main works. For each step the pack lists (`steps`: Xi'an accepts the system independently),
+    the system reaches it by the day the main works do; one that lags is a finding from the
+    next day on: open, resolved once the system reaches the step, closed if it is removed.
+
+    A system's design counts as done when its design review passed, or else when it was built;
+    a system removed before the main works reached a step owes nothing for it. Documents
+    written before these steps were kept (no "steps") are not judged on design and building.
+    """
+    rule = pack.rule("lifecycle.construction_project_sync")
+    if rule.silent:
+        return
+    milestones = {doc["project_id"]: doc["milestones"] for doc in projects}
+    for doc in systems:
+        reached = milestones.get(doc.get("construction_project", ""))
+        if not reached:
+            continue
+        view, steps = view_of(doc), doc.get("steps")
+        own = {"accepted": view.accepted_on, "in_use": view.in_use_on}
+        if steps is not None:
+            own |= {"designed": steps.get("designed") or steps.get("built", ""),
+                    "built": steps.get("built", "")}  # fmt: skip
+        for step in rule.param("steps", []):
+            works = _d(reached.get(step, ""))
+            if works is None or works >= as_of or step not in own:
+                continue
+            system = _d(own[step])
+            if (system is not None and system <= works) or removed_by(doc, view, works):
+                continue
+            detail = (
+                f"the main works of project {doc['construction_project']} were"
+                f" {_DONE[step]} on {works}; the system "
+            )
+            if system is not None and system <= as_of:
+                status, detail = "resolved", detail + f"only on {system}"
+            elif removed_by(doc, view, as_of):
+                status, detail = (
+                    "closed",
+                    detail + f"never was (removed on {doc.get('removed_on')})",
+                )
+            else:
+                status, detail = "open", detail + "has not been yet"
+            yield finding(
+                "lifecycle.construction_project_sync", pack, f"system-{view.system_id}",
+                _plus(works, 1), status, detail,
+            )  # fmt: skip
+
+
 def all_findings(
-    systems: list[Document], sites: list[Document], pack: RulePack, as_of: date
+    systems: list[Document],
+    sites: list[Document],
+    projects: list[Document],
+    pack: RulePack,
+    as_of: date,
 ) -> list[reg.Finding]:
     found = [f for doc in systems for f in system_findings(doc, pack, as_of)]
     found += site_findings(sites, systems, pack, as_of)
+    found += project_findings(systems, projects, pack, as_of)
     return sorted(found, key=lambda f: (f.spec, f.subject, f.rule, f.since, f.detail))

@@ -18,9 +18,15 @@ from psvis.registry.v1 import registry_pb2 as reg
 from psvis.rulepack import RulePack
 
 from psvis_registry import rules
-from psvis_registry.domain import SYSTEM, SystemState, site_stream, system_stream
+from psvis_registry.domain import (
+    SYSTEM,
+    SystemState,
+    project_stream,
+    site_stream,
+    system_stream,
+)
 from psvis_registry.findings import all_findings
-from psvis_registry.projections import SITES, SYSTEMS
+from psvis_registry.projections import PROJECTS, SITES, SYSTEMS
 
 UNIT, POLICE = "management_unit", "police"
 
@@ -112,6 +118,25 @@ class Registry:
         await self._p.projections.wait_for_stream(stream, 1)
         return recorded
 
+    async def record_milestone(
+        self, caller: Caller, cmd: reg.ProjectMilestoneReached
+    ) -> RecordedEvent:
+        """A step of a construction project's main works (REG-5), on the project's stream,
+        appended at the version read: a step recorded meanwhile makes this one ABORTED."""
+        rules.milestone_precheck(cmd)
+        stream = project_stream(cmd.project_id)
+        history = await self._p.events.read_stream(stream)
+        reached = {}
+        for recorded in history:
+            step = decode_payload(recorded.envelope)
+            assert isinstance(step, reg.ProjectMilestoneReached)
+            reached[step.milestone] = date.fromisoformat(step.reached_on)
+        rules.record_milestone(reached, cmd)
+        event = NewEvent(cmd, self._p.clock.now(), Actor(caller.agency, role=caller.role))
+        (recorded,) = await self._p.events.append(stream, len(history), [event])
+        await self._p.projections.wait_for_stream(stream, recorded.version)
+        return recorded
+
     async def _declared_category(self, site_id: str) -> str | None:
         """The category the police declared the site of, if they declared it (from the log)."""
         if not site_id:
@@ -136,4 +161,5 @@ class Registry:
 
     async def findings(self, as_of: date) -> list[reg.Finding]:
         sites = [doc for _, doc in await self._p.reads.list(SITES)]
-        return all_findings(await self.system_docs(), sites, self._p.pack, as_of)
+        projects = [doc for _, doc in await self._p.reads.list(PROJECTS)]
+        return all_findings(await self.system_docs(), sites, projects, self._p.pack, as_of)

@@ -1,7 +1,8 @@
 """Registry read models: one document per system and per mandatory site (REG-2 catalogue).
 
 A system's document is {"view": <SystemView as proto3 JSON>, "refusals", "relocations",
-"signage", "filings", "pre_existing", "built_on", "removed_on", "removal_reported_on"}. The folds edit that JSON in place (the projection
+"signage", "filings", "steps", "construction_project", "pre_existing", "built_on", "removed_on",
+"removal_reported_on"}. The folds edit that JSON in place (the projection
 runner hands them a document it owns), so an event costs its own size, not the document's.
 """
 
@@ -20,8 +21,8 @@ from psvis.registry.v1 import registry_pb2 as reg
 
 from psvis_registry import domain
 
-SYSTEMS, SITES = "registry.systems", "registry.sites"
-COLLECTIONS = (SYSTEMS, SITES)
+SYSTEMS, SITES, PROJECTS = "registry.systems", "registry.sites", "registry.projects"
+COLLECTIONS = (SYSTEMS, SITES, PROJECTS)
 
 View = dict[str, Any]
 Edit = Callable[[Document, View, Any, pb.EventEnvelope], None]
@@ -38,7 +39,7 @@ def fold_system(doc: Document | None, event: Message, env: pb.EventEnvelope) -> 
     it stays empty, and only the document's own fields (refusals, signage...) change.
     """
     if doc is None:
-        doc = {"view": {}, "refusals": [], "relocations": []}
+        doc = {"view": {}, "refusals": [], "relocations": [], "steps": {}}
     view: View = doc["view"]
     if view.get("system_id"):
         view["version"] = str(env.stream_version)  # uint64 is a string in proto3 JSON
@@ -52,6 +53,7 @@ def fold_system(doc: Document | None, event: Message, env: pb.EventEnvelope) -> 
 
 def _registered(doc: Document, view: View, event: Any, env: pb.EventEnvelope) -> None:
     doc["pre_existing"], doc["built_on"] = event.pre_existing, event.built_on
+    doc["construction_project"] = event.construction_project
     if view:  # registered again: merged into the view it has, as SystemView.MergeFrom does
         system = ParseDict(view, reg.SystemView())
         system.MergeFrom(_view_of_registration(event))
@@ -128,6 +130,20 @@ def _filed(doc: Document, view: View, event: Any, env: pb.EventEnvelope) -> None
 
 def _reviewed(doc: Document, view: View, event: Any, env: pb.EventEnvelope) -> None:
     view["state"] = domain.REVIEWED if event.passed else domain.REJECTED
+    if event.passed:
+        _step(doc, "designed", event.reviewed_on)
+
+
+def _built(doc: Document, view: View, event: Any, env: pb.EventEnvelope) -> None:
+    view["state"] = domain.BUILT
+    _step(doc, "built", event.completed_on)
+
+
+def _step(doc: Document, step: str, on: str) -> None:
+    """REG-5: when the system first reached a step that its construction project's main works
+    reach too. Documents written before steps were kept have no "steps": theirs are unknown."""
+    if "steps" in doc:
+        doc["steps"].setdefault(step, on)
 
 
 def _accepted(doc: Document, view: View, event: Any, env: pb.EventEnvelope) -> None:
@@ -206,7 +222,7 @@ _EDITS: dict[type[Message], Edit] = {
     reg.SystemRegistered: _registered,
     reg.SystemFiled: _filed,
     reg.DesignReviewed: _reviewed,
-    reg.ConstructionCompleted: _state(domain.BUILT),
+    reg.ConstructionCompleted: _built,
     reg.AcceptanceRecorded: _accepted,
     reg.RectificationCompleted: _state(domain.RECTIFIED),
     reg.SystemPutIntoUse: _in_use,
@@ -228,7 +244,17 @@ def fold_site(doc: Document | None, event: Message, env: pb.EventEnvelope) -> Do
     return doc if doc is not None else {}
 
 
+def fold_project(doc: Document | None, event: Message, env: pb.EventEnvelope) -> Document:
+    """A construction project's document: {"project_id", "milestones": {step: date}}."""
+    doc = doc if doc is not None else {"project_id": "", "milestones": {}}
+    if isinstance(event, reg.ProjectMilestoneReached):
+        doc["project_id"] = event.project_id
+        doc["milestones"].setdefault(event.milestone, event.reached_on)
+    return doc
+
+
 PROJECTIONS = [
     StreamProjection("system-", SYSTEMS, fold_system),
     StreamProjection("site-", SITES, fold_site),
+    StreamProjection("project-", PROJECTS, fold_project),
 ]

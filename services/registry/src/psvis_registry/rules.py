@@ -8,7 +8,7 @@ from typing import NoReturn
 
 from psvis import validate as v
 from psvis.decision import Accepted, Decision, Refused
-from psvis.errors import FailedPrecondition, InvalidArgument
+from psvis.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from psvis.registry.v1 import registry_pb2 as reg
 from psvis.rulepack import ParamSpec, RulePack
 
@@ -50,7 +50,7 @@ NEEDS = [
     ParamSpec("placement.forbidden", {"places": list}),
     ParamSpec("lifecycle.design_review", {"required": bool}),
     ParamSpec("lifecycle.acceptance_before_use"),
-    ParamSpec("lifecycle.construction_project_sync"),
+    ParamSpec("lifecycle.construction_project_sync", {"steps": list}),
     ParamSpec("relocation", {"timing": str, "days": int, "needs_consent_of": str}),
     ParamSpec("removal", {"timing": str, "days": int, "allowed_reasons": list}),
     ParamSpec("archives", {"required_kinds": list}),
@@ -363,6 +363,34 @@ def record_inspection(state: SystemState, cmd: reg.InspectionRecorded, pack: Rul
     if not cmd.scope:
         raise InvalidArgument("inspection.scope: name what was inspected")
     return Accepted(cmd)
+
+
+MILESTONES = ("designed", "built", "accepted", "in_use")  # a construction project's, in order
+
+
+def milestone_precheck(cmd: reg.ProjectMilestoneReached) -> None:
+    """Format checks, before the project's stream is read."""
+    v.identifier(cmd.project_id, "milestone.project_id")
+    v.one_of(cmd.milestone, frozenset(MILESTONES), "milestone.milestone")
+    v.need_date(cmd.reached_on, "milestone.reached_on")
+
+
+def record_milestone(reached: dict[str, date], cmd: reg.ProjectMilestoneReached) -> None:
+    """REG-5 (Wuhan 8 para 1, Xi'an 16): a step of a project's main works, each recorded once
+    and dated in the order of MILESTONES among the steps recorded."""
+    milestone_precheck(cmd)
+    day, rank = date.fromisoformat(cmd.reached_on), MILESTONES.index(cmd.milestone)
+    if cmd.milestone in reached:
+        raise AlreadyExists(
+            f"project {cmd.project_id} was already {cmd.milestone} on {reached[cmd.milestone]}"
+        )
+    for other, on in reached.items():
+        before = MILESTONES.index(other) < rank
+        if (before and on > day) or (not before and on < day):
+            raise FailedPrecondition(
+                f"milestone.reached_on {day} is {'before' if before else 'after'} the project's"
+                f" {other} step on {on} (steps in order: {', '.join(MILESTONES)})"
+            )
 
 
 def declare_site(cmd: reg.MandatorySiteDeclared, pack: RulePack) -> None:
