@@ -18,6 +18,7 @@ from psvis.eventstore.sqlite import SqliteEventStore
 from psvis.projection import ProjectionRunner
 from psvis.readstore.port import canonical_digest
 from psvis.readstore.sqlite import SqliteReadStore
+from psvis.registry.v1 import registry_pb2 as reg
 from psvis.registry.v1 import registry_pb2_grpc as reg_grpc
 from psvis.server import start_platform
 from psvis.settings import Settings
@@ -34,7 +35,8 @@ async def test_inv4_replayed_registry_read_models_equal_the_live_ones(
     try:
         unit = reg_grpc.RegistryServiceStub(channel)
         for n in range(6):
-            sid = await register(unit, system(cameras=[camera(f"cam-{n}-{c}") for c in range(3)]))
+            cams = [camera(f"cam-{n}-{c}") for c in range(3)]
+            sid = await register(unit, system(cameras=cams, construction_project=f"plaza-{n % 2}"))
             if n % 3 == 0:
                 await into_use(unit, sid)
             elif n % 3 == 1:
@@ -43,6 +45,11 @@ async def test_inv4_replayed_registry_read_models_equal_the_live_ones(
                 await expect(use(unit, sid), REFUSED)  # a refusal is in the log too
                 await accept(unit, sid, passed=False)
         await expect(register(unit, system(cameras=[camera(place="hotel_room")])), REFUSED)
+        for step, on in (("built", "2024-01-08"), ("in_use", "2024-01-20")):  # REG-5
+            reached = reg.ProjectMilestoneReached(
+                project_id="plaza-0", milestone=step, reached_on=on
+            )
+            await unit.RecordProjectMilestone(reg.RecordProjectMilestoneRequest(milestone=reached))
     finally:
         await channel.close()
         await platform.stop(grace=0.5)
@@ -60,6 +67,8 @@ async def test_inv4_replayed_registry_read_models_equal_the_live_ones(
         ).catch_up()
         live_digest = await canonical_digest(live, COLLECTIONS)
         assert len(await live.list(COLLECTIONS[0])) == 7  # and the refused one
+        [(_, project)] = await live.list(COLLECTIONS[2])
+        assert project["milestones"] == {"built": "2024-01-08", "in_use": "2024-01-20"}
         size = await store.log_size()
         alone = await replay(store, PROJECTIONS, COLLECTIONS, workers=1)
         assert (alone.digest, alone.position) == (live_digest, size - 1)
