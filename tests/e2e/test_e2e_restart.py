@@ -10,10 +10,14 @@ from contextlib import asynccontextmanager
 import pytest
 from conftest import secure_channel
 from e2e_kit import build, register, review
+from psvis.projection import FOLDS
+from psvis.readstore.sqlite import SqliteReadStore
 from psvis.registry.v1 import registry_pb2 as reg
 from psvis.registry.v1 import registry_pb2_grpc as reg_grpc
 from psvis.server import start_platform
 from psvis.settings import Settings
+from psvis.sqlite_db import SqliteDatabase
+from psvis_registry.projections import PROJECTIONS, SYSTEMS
 
 
 @asynccontextmanager
@@ -113,3 +117,53 @@ async def test_a_second_platform_on_a_busy_port_does_not_start(
             await start_platform(other)
     finally:
         await first.stop(grace=0.5)
+
+
+@pytest.mark.parametrize("backend", ["embedded"])
+async def test_read_models_of_an_older_fold_are_rebuilt_at_start(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An upgrade changed how systems fold (their projection's version): the documents the
+    older fold wrote are rebuilt from the log at the next start; a start with the same folds
+    keeps them."""
+    async with running(settings) as unit:
+        sid = await register(unit)
+        await review(unit, sid)
+        view = await unit.GetSystem(reg.GetSystemRequest(system_id=sid))
+    name = f"{settings.namespace}.read-models"
+
+    async def mark(older_fold: bool) -> None:
+        """A mark in the system's document, as if an older fold had written it."""
+        db = SqliteDatabase(settings.read_models_path)
+        reads = SqliteReadStore(db)
+        try:
+            doc, version = await reads.get(SYSTEMS, sid) or ({}, 0)
+            await reads.put(SYSTEMS, sid, {**doc, "mark": "older"}, version, version)
+            folds, at = await reads.get(FOLDS, name) or ({}, 0)
+            assert folds == {"folds": sorted(p.signature for p in PROJECTIONS)}
+            if older_fold:
+                older = [
+                    f.replace("registry.systems v2", "registry.systems v1") for f in folds["folds"]
+                ]
+                assert await reads.put(FOLDS, name, {"folds": older}, at + 1, at)
+        finally:
+            await db.close()
+
+    async def marked() -> bool:
+        db = SqliteDatabase(settings.read_models_path)
+        try:
+            doc, _ = await SqliteReadStore(db).get(SYSTEMS, sid) or ({}, 0)
+            return "mark" in doc
+        finally:
+            await db.close()
+
+    await mark(older_fold=False)
+    async with running(settings):
+        pass
+    assert await marked()  # the same folds: kept as they are
+    assert "rebuilding them from the log" not in caplog.text
+    await mark(older_fold=True)
+    async with running(settings) as unit:
+        assert await unit.GetSystem(reg.GetSystemRequest(system_id=sid)) == view
+    assert not await marked()
+    assert "registry.systems v1" in caplog.text and "rebuilding them from the log" in caplog.text

@@ -18,7 +18,7 @@ from psvis.audit import replay
 from psvis.common.v1 import envelope_pb2 as pb
 from psvis.envelope import RecordedEvent
 from psvis.eventstore.port import LogUnreadable
-from psvis.projection import ProjectionRunner, StreamProjection
+from psvis.projection import FOLDS, ProjectionRunner, StreamProjection, read_models_fit
 from psvis.readstore.port import Document, Write, canonical_digest
 from psvis.readstore.sqlite import SqliteReadStore
 from psvis.replaying import ReplayWorkerError, Share, SharedLog
@@ -52,6 +52,37 @@ async def test_replay_equals_live_read_models(tmp_path: Path) -> None:
     fresh = ProjectionRunner("live", log.store, live, PROJECTIONS, batch=1000)
     await fresh.catch_up()  # a consumer restarted on the dropped read models agrees too
     assert await canonical_digest(live, ["notes"]) == live_digest
+
+
+async def test_read_models_of_other_folds_are_dropped_to_be_rebuilt(tmp_path: Path) -> None:
+    """A fold changed (its version), or a projection added: the read models written before do
+    not fit and are dropped, so that the runner rebuilds them from the log; the same folds
+    keep theirs."""
+    log = await build_log(tmp_path, events=20)
+    reads = SqliteReadStore(log.db)
+    assert await read_models_fit(reads, "live", PROJECTIONS)  # nothing written yet: fits
+    await ProjectionRunner("live", log.store, reads, PROJECTIONS).catch_up()
+    digest = await canonical_digest(reads, ["notes"])
+    assert await read_models_fit(reads, "live", PROJECTIONS)
+    assert await reads.get_position("live") == 19  # kept
+
+    changed = [StreamProjection("s-", "notes", count_notes, version=2)]
+    assert not await read_models_fit(reads, "live", changed)
+    assert (await reads.list("notes"), await reads.get_position("live")) == ([], -1)
+    await ProjectionRunner("live", log.store, reads, changed).catch_up()
+    assert await canonical_digest(reads, ["notes"]) == digest
+    assert await read_models_fit(reads, "live", changed)
+
+    added = [*changed, StreamProjection("s-", "more", count_notes)]
+    assert not await read_models_fit(reads, "live", added)
+    await ProjectionRunner("live", log.store, reads, added).catch_up()
+    assert len(await reads.list("more")) == 3  # the older events reach the new projection too
+
+    await reads.drop_all()  # read models from before folds were recorded: a position, no folds
+    await ProjectionRunner("live", log.store, reads, added).catch_up()
+    assert await reads.get(FOLDS, "live") is None
+    assert not await read_models_fit(reads, "live", added)
+    assert await reads.get_position("live") == -1
 
 
 async def test_duplicate_delivery_is_applied_once(tmp_path: Path) -> None:

@@ -40,14 +40,52 @@ class StreamProjection:
     change the document it is given in place and return it: the runner gives it only documents
     it owns (read from the store for it, or returned by the fold before), and keeps them between
     batches, so a fold must return a document no one else holds.
+
+    `version` names the fold: change it whenever the fold would make other documents of the
+    same events. Read models written by other folds (another version, or another set of
+    projections) are dropped at start and rebuilt from the log (read_models_fit).
     """
 
     prefix: str
     collection: str
     fold: Fold
+    version: int = 1
+
+    @property
+    def signature(self) -> str:
+        return f"{self.prefix}* -> {self.collection} v{self.version}"
 
     def key(self, stream_id: str) -> str | None:
         return stream_id[len(self.prefix) :] if stream_id.startswith(self.prefix) else None
+
+
+FOLDS = "psvis.folds"  # per runner name: the signatures of the folds its read models are of
+
+
+async def read_models_fit(
+    reads: ReadStore, name: str, projections: Sequence[StreamProjection]
+) -> bool:
+    """Whether runner `name`'s read models were written by these folds. If not, they are
+    dropped (their position with them), to be rebuilt from the log; either way the folds are
+    recorded. Read models written before folds were recorded are taken to be of other folds,
+    unless they hold nothing yet.
+    """
+    wanted = {"folds": sorted(p.signature for p in projections)}
+    found = await reads.get(FOLDS, name)
+    if found is not None and found[0] == wanted:
+        return True
+    fits = found is None and await reads.get_position(name) < 0
+    if not fits:
+        was = "unrecorded folds" if found is None else ", ".join(found[0].get("folds", []))
+        log.warning(
+            "the read models of %s were written by %s, not by %s: rebuilding them from the log",
+            name,
+            was,
+            ", ".join(wanted["folds"]),
+        )
+        await reads.drop_all()
+    await reads.put(FOLDS, name, wanted, 1, 0)  # absent: never written, or dropped
+    return fits
 
 
 class ProjectionRunner:

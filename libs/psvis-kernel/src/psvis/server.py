@@ -18,7 +18,7 @@ from psvis.grpc_server import create_server, mark_serving, server_credentials
 from psvis.notary import Notary
 from psvis.pki import ensure_dev_pki
 from psvis.platform import Platform, ServiceModule, discover_services
-from psvis.projection import ProjectionRunner
+from psvis.projection import ProjectionRunner, read_models_fit
 from psvis.rulepack import RulePackError, check_requirements, find_pack, load_pack
 from psvis.settings import Settings
 from psvis.signing import Signer
@@ -131,14 +131,16 @@ async def start_platform(
     tasks: list[asyncio.Task[None]] = []
     read_models = f"{settings.namespace}.read-models"
     try:
+        projections = [p for s in services for p in s.projections]
         if settings.backend == "embedded":
             await _read_models_within_log(stores, read_models)
+        await read_models_fit(stores.reads, read_models, projections)
         feed = await _live_feed(settings, stores)
         runner = ProjectionRunner(
             read_models,
             stores.events if feed is None else feed.delivered,
             stores.reads,
-            [p for s in services for p in s.projections],
+            projections,
             traced=True,
         )
         platform = Platform(stores.events, stores.reads, runner, pack, clock)

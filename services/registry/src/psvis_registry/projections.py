@@ -253,8 +253,9 @@ def fold_project(doc: Document | None, event: Message, env: pb.EventEnvelope) ->
     return doc
 
 
+# v2: filing dates, the system's own steps and its construction project (REG-1, REG-5)
 PROJECTIONS = [
-    StreamProjection("system-", SYSTEMS, fold_system),
+    StreamProjection("system-", SYSTEMS, fold_system, version=2),
     StreamProjection("site-", SITES, fold_site),
     StreamProjection("project-", PROJECTS, fold_project),
 ]
