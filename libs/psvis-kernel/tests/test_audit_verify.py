@@ -160,6 +160,29 @@ async def test_aud1_inserted_event_is_found(tmp_path: Path) -> None:
     assert not report["ok"] and report["failure"]["offset"] == 6
 
 
+@pytest.mark.parametrize(
+    ("moved", "offset"),
+    [(12, 12), (None, 30)],  # an event moved out to it, or a forged one added there
+    ids=["moved", "added"],
+)
+async def test_aud1_an_event_at_a_huge_position_is_found_in_memory_bounded_by_the_rows(
+    tmp_path: Path, moved: int | None, offset: int
+) -> None:
+    """The log's size is its last position + 1; a verify that planned its work by that size
+    (spans of the offsets 0..2**62) could never allocate it. It goes by the rows stored."""
+    log = await build_log(tmp_path)
+    huge = 2**62
+    if moved is None:
+        tamper(tmp_path, ("INSERT INTO events VALUES (?, 's-0', ?)", (huge, data_at(tmp_path, 3))))
+    else:
+        tamper(tmp_path, ("UPDATE events SET position = ? WHERE position = ?", (huge, moved)))
+    assert await log.store.log_size() == huge + 1
+    report = await verify(log)
+    assert not report["ok"], report
+    assert (report["failure"]["offset"], report["failure"]["check"]) == (offset, "offset")
+    assert f"found {offset + 1 if moved is not None else huge}" in report["failure"]["detail"]
+
+
 async def test_aud1_truncated_log_is_found(tmp_path: Path) -> None:
     log = await build_log(tmp_path)
     tamper(tmp_path, ("DELETE FROM events WHERE position >= 28", ()))

@@ -37,6 +37,7 @@ CREATE TABLE IF NOT EXISTS events (
 INSERT = "INSERT INTO events (position, stream_id, data) VALUES (?, ?, ?)"
 # the stored rows (sqlite_spans.STORED_ROWS) of a page after a position
 PAGE_BYTES = STORED_ROWS + " WHERE position > ? ORDER BY position LIMIT ?"
+ROW_COUNT = "SELECT COUNT(*) FROM events"
 # a log written before the events table lost its version and event_id columns
 _OLD_COLUMNS = {"position", "stream_id", "version", "event_id", "data"}
 
@@ -289,6 +290,11 @@ class SqliteEventStore:
         )
         return int(n)
 
+    async def row_count(self) -> int:
+        """The rows the events table holds: log_size, unless rows are missing or misplaced."""
+        (n,) = await self._db.run(lambda c: c.execute(ROW_COUNT).fetchone())
+        return int(n)
+
     async def close(self) -> None:
         """Write the stream index and close this store's connection (the database is the opener's)."""
         try:
@@ -347,6 +353,11 @@ class SqliteLogReader:
 
     async def log_size(self) -> int:
         [(n,)] = await self._read("SELECT COALESCE(MAX(position), -1) + 1 FROM events", ())
+        return int(n)
+
+    async def row_count(self) -> int:
+        """The rows the events table holds: log_size, unless rows are missing or misplaced."""
+        [(n,)] = await self._read(ROW_COUNT, ())
         return int(n)
 
     async def wait_for_append(self, timeout: float) -> None:
