@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
+import pytest
+from cryptography.hazmat.primitives import serialization
 from e2e_kit import system
 from google.protobuf.json_format import MessageToDict
 from psvis.server import RunningPlatform
@@ -25,14 +29,18 @@ class Run:
 
 
 async def psvis(
-    platform: RunningPlatform, settings: Settings, *args: str, identity: str = "dev-unit"
+    platform: RunningPlatform,
+    settings: Settings,
+    *args: str,
+    identity: str = "dev-unit",
+    pki: Path | None = None,
 ) -> Run:
     """One `psvis registry ...` in a process of its own (the platform runs in this one)."""
     connection = [
         "--server",
         f"localhost:{platform.port}",
         "--pki",
-        str(settings.pki_dir),
+        str(pki or settings.pki_dir),
         "--as",
         identity,
     ]
@@ -113,3 +121,39 @@ async def test_a_construction_projects_milestone_through_the_cli(platform, setti
     )
     assert run.status == 1 and "ALREADY_EXISTS" in run.stderr, run
     assert "already built on 2024-03-01" in run.stderr, run
+
+
+@pytest.mark.parametrize(
+    ("damaged", "what"),
+    [("dev-unit.crt", "certificate"), ("dev-unit.key", "private key"), ("ca.crt", "certificate")],
+)
+async def test_a_certificate_or_key_file_that_is_not_pem_is_named(
+    platform, settings, tmp_path, damaged, what
+):
+    """Not gRPC's "UNAVAILABLE: empty address list": the file at fault, in one line."""
+    pki = tmp_path / "copied-pki"
+    shutil.copytree(settings.pki_dir, pki)
+    (pki / damaged).write_text("Zm9vYmFyIHJhbmRvbSB0ZXh0\nnot a PEM file at all\n")
+    run = await psvis(platform, settings, "list", "--json", pki=pki)
+    assert run.status == 1 and run.json["error"]["code"] == "UNAVAILABLE", run
+    message = run.json["error"]["message"]
+    assert message == f"{pki / damaged} is not a valid PEM {what}", message
+    assert "address" not in run.stderr and len(run.stderr.strip().splitlines()) == 1, run.stderr
+    swapped = "dev-unit.key" if damaged.endswith(".crt") else "dev-unit.crt"  # PEM, but not this
+    shutil.copyfile(settings.pki_dir / swapped, pki / damaged)
+    run = await psvis(platform, settings, "list", "--json", pki=pki)
+    assert run.status == 1 and f"{pki / damaged} is not a valid PEM {what}" in run.stderr, run
+
+
+async def test_an_encrypted_key_file_is_named_as_such(platform, settings, tmp_path):
+    """gRPC takes no password: the user is told to give the key unencrypted."""
+    pki = tmp_path / "copied-pki"
+    shutil.copytree(settings.pki_dir, pki)
+    key = serialization.load_pem_private_key((pki / "dev-unit.key").read_bytes(), None)
+    locked = serialization.BestAvailableEncryption(b"a passphrase")
+    (pki / "dev-unit.key").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, locked)
+    )
+    run = await psvis(platform, settings, "list", pki=pki)
+    assert run.status == 1, run
+    assert f"{pki / 'dev-unit.key'} is an encrypted private key" in run.stderr, run.stderr

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from psvis.pki import ensure_dev_pki
+
 
 def test_a_reader_that_stops_early_gets_no_traceback() -> None:
     """`psvis ... | head`: the pipe closes before the command writes; it stops quietly."""
@@ -140,16 +142,21 @@ def test_the_serve_banner_tells_clients_where_a_non_default_server_is() -> None:
 
 
 def test_what_the_machine_or_the_data_folder_says_is_one_line_not_a_traceback(tmp_path) -> None:
-    """A data folder that is a file, a log that is not a database, a payload that is not a
-    JSON object, a rule pack that is not UTF-8: each is said in one line, with exit 1 or 2."""
+    """A data folder that is a file, a log that is not a database, a server key that is not
+    PEM, a payload that is not a JSON object, a rule pack that is not UTF-8: each is said in
+    one line, with exit 1 or 2."""
     (tmp_path / "a-file").write_text("")
     (tmp_path / "damaged").mkdir()
     (tmp_path / "damaged" / "psvis.db").write_bytes(b"not a database, not at all\n" * 100)
     (tmp_path / "bin.toml").write_bytes(b"\xff\xfe[pack]\n")
+    ensure_dev_pki(tmp_path / "bad-key" / "pki")
+    (tmp_path / "bad-key" / "pki" / "server.key").write_text("not a key\n")
     cases = [
         (["serve", "--data-dir", str(tmp_path / "a-file"), "--listen", "127.0.0.1:0"], "a-file"),
         (["serve", "--data-dir", str(tmp_path / "damaged"), "--listen", "127.0.0.1:0"],
          "not a database"),
+        (["serve", "--data-dir", str(tmp_path / "bad-key"), "--listen", "127.0.0.1:0"],
+         "server.key is not a valid PEM private key"),
         (["registry", "register", "--data", "5"], "a JSON object is wanted"),
         (["rules", "check", str(tmp_path / "bin.toml")], "not UTF-8"),
     ]  # fmt: skip

@@ -16,6 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from psvis import errors, validate
+from psvis.pki import pem_certificates, pem_private_key
 
 log = logging.getLogger(__name__)
 
@@ -128,18 +129,20 @@ class ErrorMapping(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
 
 def server_credentials(pki: Path) -> grpc.ServerCredentials:
+    """The server's mutual TLS from the PKI folder; ValueError names a file that is not PEM."""
     return grpc.ssl_server_credentials(
-        [((pki / "server.key").read_bytes(), (pki / "server.crt").read_bytes())],
-        root_certificates=(pki / "ca.crt").read_bytes(),
+        [(pem_private_key(pki / "server.key"), pem_certificates(pki / "server.crt"))],
+        root_certificates=pem_certificates(pki / "ca.crt"),
         require_client_auth=True,
     )
 
 
 def channel_credentials(ca: Path, cert: Path, key: Path) -> grpc.ChannelCredentials:
+    """A client's mutual TLS; ValueError names a file that is not PEM."""
     return grpc.ssl_channel_credentials(
-        root_certificates=ca.read_bytes(),
-        private_key=key.read_bytes(),
-        certificate_chain=cert.read_bytes(),
+        root_certificates=pem_certificates(ca),
+        private_key=pem_private_key(key),
+        certificate_chain=pem_certificates(cert),
     )
 
 

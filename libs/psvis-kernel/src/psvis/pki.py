@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
@@ -119,3 +120,29 @@ def issue_client(
 
 def identity(folder: Path, name: str) -> Identity:
     return Identity(folder / f"{name}.crt", folder / f"{name}.key")
+
+
+def pem_certificates(path: Path) -> bytes:
+    """The file's bytes, which must hold PEM certificates (one, or a chain).
+
+    ValueError naming the file otherwise: gRPC would take the bytes and fail later, saying
+    something about the network ("empty address list", "failed to bind").
+    """
+    data = path.read_bytes()
+    try:
+        x509.load_pem_x509_certificates(data)
+    except ValueError:
+        raise ValueError(f"{path} is not a valid PEM certificate") from None
+    return data
+
+
+def pem_private_key(path: Path) -> bytes:
+    """The file's bytes, which must hold an unencrypted PEM private key (else ValueError)."""
+    data = path.read_bytes()
+    try:
+        serialization.load_pem_private_key(data, password=None)
+    except TypeError:  # encrypted: gRPC takes no password
+        raise ValueError(f"{path} is an encrypted private key; give it unencrypted") from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise ValueError(f"{path} is not a valid PEM private key") from None
+    return data

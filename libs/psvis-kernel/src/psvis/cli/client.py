@@ -66,7 +66,11 @@ def channel(args: argparse.Namespace) -> grpc.aio.Channel:
     for path in (pki / "ca.crt", cert, key):
         if not path.exists():
             raise CliError(f"{path} not found; start the platform once (make run) or pass --pki")
-    return grpc.aio.secure_channel(args.server, channel_credentials(pki / "ca.crt", cert, key))
+    try:
+        credentials = channel_credentials(pki / "ca.crt", cert, key)
+    except ValueError as e:  # a damaged file, as an unreadable one is (main: UNAVAILABLE)
+        raise CliError(str(e), status=1, code="UNAVAILABLE") from None
+    return grpc.aio.secure_channel(args.server, credentials)
 
 
 def to_json(message: Message) -> str:
