@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -13,6 +14,8 @@ from pathlib import Path
 
 import pytest
 from kernel_fixtures import build_log, note
+from psvis.cli.client import CliError
+from psvis.cli.main import _written_whole
 
 
 def psvis(*args: str) -> subprocess.CompletedProcess[str]:
@@ -164,4 +167,52 @@ def test_replay_into_an_existing_file_is_refused_and_the_file_kept(folder: Path)
     assert kept.read_bytes() == b"someone's read models"
     fresh = folder / "fresh.db"
     assert psvis("audit", "replay", "--data-dir", str(folder), "--into", str(fresh)).returncode == 0
-    assert fresh.is_file()
+    assert fresh.is_file() and leftovers(folder, "fresh.db") == []
+    replayed = sqlite3.connect(fresh)
+    assert replayed.execute("SELECT position FROM projection_positions").fetchall() == [(35,)]
+    replayed.close()
+
+
+def leftovers(folder: Path, name: str) -> list[str]:
+    """What a replay --into NAME may have left beside it: its temporary file, SQLite's
+    journals, the workers' scratch folders."""
+    return sorted(
+        p.name for p in folder.iterdir() if p.name.startswith((f".{name}", "psvis-replay-"))
+    )
+
+
+def test_a_replay_is_put_at_into_whole_and_never_over_a_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Interrupted: nothing is left. A file that appeared at --into while the replay ran is
+    kept, as one there before is. Without hard links (FAT), a rename puts it there."""
+    target = tmp_path / "out.db"
+    with pytest.raises(KeyboardInterrupt), _written_whole(target) as written:
+        Path(written).write_bytes(b"half")
+        raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []
+    appeared = pytest.raises(CliError, match="appeared while the replay ran")
+    with appeared, _written_whole(target) as written:
+        Path(written).write_bytes(b"replayed")
+        target.write_bytes(b"someone's")
+    assert target.read_bytes() == b"someone's" and leftovers(tmp_path, "out.db") == []
+    target.unlink()
+
+    def no_links(*_: object) -> None:
+        raise PermissionError("no hard links here")
+
+    monkeypatch.setattr(os, "link", no_links)
+    with _written_whole(target) as written:
+        Path(written).write_bytes(b"replayed")
+    assert target.read_bytes() == b"replayed" and leftovers(tmp_path, "out.db") == []
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_replay_into_a_file_that_fails_leaves_no_file(folder: Path, workers: str) -> None:
+    """A replay is written beside --into and put there only once it is whole."""
+    edit(folder, "UPDATE events SET data = x'ff' WHERE position = 33")  # not an envelope
+    into = folder / "out.db"
+    run = psvis("audit", "replay", "--data-dir", str(folder), "--into", str(into),
+                "--workers", workers)  # fmt: skip
+    assert run.returncode == 1 and "offset 33" in run.stderr, run.stderr
+    assert not into.exists() and leftovers(folder, "out.db") == []

@@ -7,9 +7,11 @@ import asyncio
 import json
 import logging
 import os
+import secrets
 import sqlite3
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
@@ -258,7 +260,7 @@ def cmd_audit_replay(args: argparse.Namespace) -> int:
     projections = [p for s in services for p in s.projections]
     collections = [c for s in services for c in s.collections]
 
-    async def run() -> dict[str, object] | str:
+    async def run(into: str) -> dict[str, object] | str:
         log = await open_for_audit(settings)
         try:
             try:
@@ -268,20 +270,22 @@ def cmd_audit_replay(args: argparse.Namespace) -> int:
             with _progress("replaying", total) as bar:
                 task = bar.add_task("replay", total=total)
                 result = await replay(log.events, projections, collections, until=until,
-                                      into=args.into or ":memory:", progress=lambda n: bar.advance(task, n),
+                                      into=into, progress=lambda n: bar.advance(task, n),
                                       workers=args.workers)  # fmt: skip
             models: dict[str, object] = {}
-            for c in collections:
-                if args.json:
-                    models[c] = dict(await result.reads.list(c))
-                else:  # a count, and the first documents: a city's registry is long
-                    stored = await result.reads.list_json(c)
-                    shown = args.all or len(stored) <= SHOWN
-                    models[c] = (
-                        len(stored),
-                        [(k, json.loads(d)) for k, d in stored[: None if shown else SHOWN]],
-                    )
-            await result.db.close()
+            try:
+                for c in collections:
+                    if args.json:
+                        models[c] = dict(await result.reads.list(c))
+                    else:  # a count, and the first documents: a city's registry is long
+                        stored = await result.reads.list_json(c)
+                        shown = args.all or len(stored) <= SHOWN
+                        models[c] = (
+                            len(stored),
+                            [(k, json.loads(d)) for k, d in stored[: None if shown else SHOWN]],
+                        )
+            finally:
+                await result.db.close()
             return {
                 "until": args.until or "",
                 "position": result.position,
@@ -293,9 +297,10 @@ def cmd_audit_replay(args: argparse.Namespace) -> int:
         finally:
             await log.close()
 
-    outcome = asyncio.run(run())
-    if isinstance(outcome, str):
-        raise CliError(outcome, status=1, code="LOG_UNREADABLE")
+    with _written_whole(Path(args.into)) if args.into else nullcontext(":memory:") as into:
+        outcome = asyncio.run(run(into))
+        if isinstance(outcome, str):
+            raise CliError(outcome, status=1, code="LOG_UNREADABLE")
     if args.json:
         print(json.dumps(outcome, indent=2, ensure_ascii=False, sort_keys=True))
         return 0
@@ -316,6 +321,34 @@ def cmd_audit_replay(args: argparse.Namespace) -> int:
                 " --into FILE keeps them)"
             )
     return 0
+
+
+@contextmanager
+def _written_whole(target: Path) -> Iterator[str]:
+    """A new file beside `target` to write, put at `target` once the block succeeds and
+    removed if it fails (or is interrupted): a replay that fails leaves no half-written file.
+
+    A file that appeared at `target` meanwhile is kept, as one there before is (CliError).
+    """
+    written = target.with_name(f".{target.name}.{secrets.token_hex(4)}.partial")
+    try:
+        yield str(written)
+        _put_in_place(written, target)
+    finally:
+        for end in ("", "-wal", "-shm", "-journal"):  # SQLite's, should it have left them
+            Path(f"{written}{end}").unlink(missing_ok=True)
+
+
+def _put_in_place(written: Path, target: Path) -> None:
+    appeared = CliError(f"{target} appeared while the replay ran; it is left as it was")
+    try:
+        os.link(written, target)  # unlike a rename, it never replaces a file at target
+    except FileExistsError:
+        raise appeared from None
+    except OSError:  # a file system without hard links (FAT): a rename, if nothing is there
+        if target.exists():
+            raise appeared from None
+        written.rename(target)
 
 
 def cmd_certs_issue(args: argparse.Namespace) -> int:
