@@ -118,6 +118,36 @@ async def test_events_appended_while_a_verify_runs_are_not_an_unsigned_tail(
     assert not late.ok and late.failure is not None and late.failure.check == "unsigned"
 
 
+async def test_the_reported_unsigned_tail_is_the_one_counted_and_appended_events_apart(
+    tmp_path: Path,
+) -> None:
+    """--max-unsigned counts the tail the log held when the verify began: the report says that
+    tail (2 here), and the 40 events appended while it ran apart, not 42 as one tail."""
+    log = await build_log(tmp_path)
+    for i in range(2):
+        head = await log.store.head("s-late")
+        await log.store.append("s-late", head.version, [note(f"late {i}", log.clock)])
+    read = log.checkpoints.all
+
+    async def busy_platform(log_id: str) -> Any:
+        records = await read(log_id)
+        for i in range(40):
+            head = await log.store.head("s-busy")
+            await log.store.append("s-busy", head.version, [note(f"busy {i}", log.clock)])
+        return records
+
+    log.checkpoints.all = busy_platform  # type: ignore[method-assign]
+    report = await verify_store(log.store, log.checkpoints, [log.signer.public], max_unsigned=2)
+    assert report.ok, report
+    assert (report.notarised_size, report.unnotarised_tail) == (30, 2)
+    assert report.events_checked == 72 and report.unnotarised_appended == 40
+    assert report.warnings == [
+        "2 newest events are not yet covered by a checkpoint",
+        "40 events appended while the verify ran are not yet covered by a checkpoint"
+        " (they are for the notary's next one)",
+    ]
+
+
 async def test_aud1_flipped_byte_is_found_at_its_offset(tmp_path: Path) -> None:
     log = await build_log(tmp_path)
     data = bytearray(data_at(tmp_path, 13))

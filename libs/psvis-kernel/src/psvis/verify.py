@@ -40,7 +40,10 @@ class VerifyReport:
     streams: int = 0
     checkpoints_checked: int = 0
     notarised_size: int = 0
+    # the events not covered by a checkpoint: those the log held when the verify began (what
+    # --max-unsigned counts), and those appended since (for the notary's next checkpoint)
     unnotarised_tail: int = 0
+    unnotarised_appended: int = 0
     failure: Failure | None = None
     warnings: list[str] = field(default_factory=list)
 
@@ -442,15 +445,19 @@ class LogVerifier(_EventChecks):
                 "truncated",
                 f"the notary signed {self.report.notarised_size} events; the log holds {size}",
             )
-        self.report.unnotarised_tail = size - self.report.notarised_size
         self.report.streams = len(self._heads)
-        tail = self.report.unnotarised_tail
+        before = size if self._size_before is None else min(size, self._size_before)
+        tail = self.report.unnotarised_tail = max(0, before - self.report.notarised_size)
+        appended = self.report.unnotarised_appended = size - self.report.notarised_size - tail
         if tail:
             self.report.warnings.append(f"{tail} newest events are not yet covered by a checkpoint")
+        if appended:
+            self.report.warnings.append(
+                f"{appended} events appended while the verify ran are not yet covered by a checkpoint"
+                " (they are for the notary's next one)"
+            )
         # the notary signs every so many events and soon after any event: a longer unsigned
         # tail lost its newest checkpoints (deleted), or its notary stopped
-        if self._size_before is not None:
-            tail = max(0, min(size, self._size_before) - self.report.notarised_size)
         if self._max_unsigned is not None and tail > self._max_unsigned:
             self._fail(
                 self.report.notarised_size,
