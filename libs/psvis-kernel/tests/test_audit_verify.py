@@ -213,6 +213,20 @@ async def test_aud1_an_event_at_a_huge_position_is_found_in_memory_bounded_by_th
     assert f"found {offset + 1 if moved is not None else huge}" in report["failure"]["detail"]
 
 
+@pytest.mark.parametrize("position", [-1, -5, -(2**62)])
+async def test_aud1_an_event_inserted_before_offset_0_is_found(
+    tmp_path: Path, position: int
+) -> None:
+    """Pages are read from offset 0 on: a row put before it is found by the least position
+    the table holds, and named there."""
+    log = await build_log(tmp_path)
+    tamper(tmp_path, ("INSERT INTO events VALUES (?, 's-0', ?)", (position, data_at(tmp_path, 3))))
+    report = await verify(log)
+    assert not report["ok"], report
+    assert (report["failure"]["offset"], report["failure"]["check"]) == (position, "offset")
+    assert "before the log's first offset 0 (inserted event)" in report["failure"]["detail"]
+
+
 async def test_aud1_truncated_log_is_found(tmp_path: Path) -> None:
     log = await build_log(tmp_path)
     tamper(tmp_path, ("DELETE FROM events WHERE position >= 28", ()))

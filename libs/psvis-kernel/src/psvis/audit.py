@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Sequen
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -93,7 +93,7 @@ async def verify_store(
     if path is not None and span_workers > 0 and size > 0:
         with contextlib.suppress(_Stop):
             await _check_in_spans(verifier, path, size, span_workers, progress)
-            verifier.finish()
+            verifier.finish(await _first_position(events))
         return verifier.report
     if ledger_worker is None:
         ledger_worker = bool(records) and records[-1].tree_size >= LEDGER_WORKER_FROM
@@ -107,10 +107,21 @@ async def verify_store(
             if not ledger.applied:
                 verifier.apply_ledger(await _settled(ledger, verifier))
             if verifier.report.ok:
-                verifier.finish()
+                verifier.finish(await _first_position(events))
         except _Stop:
             pass
     return verifier.report
+
+
+async def _first_position(events: Any) -> int | None:
+    """The least position an embedded log's table holds (None where the store cannot say)."""
+    first = getattr(events, "first_position", None)
+    if first is None:
+        return None
+    try:
+        return cast(int | None, await first())
+    except LogUnreadable:
+        return None  # the pages' reading has read what could be read
 
 
 async def _offsets_to_span(events: Any) -> int:

@@ -437,7 +437,17 @@ class LogVerifier(_EventChecks):
         self._next = span.start + span.checked
         return self._next == span.end
 
-    def finish(self) -> None:
+    def finish(self, first_position: int | None = None) -> None:
+        """The log checked to its end: what remains to say of it as a whole. `first_position`
+        is the least position of a stored row, where the store can tell it (an embedded log's
+        table): pages are read from offset 0, so a row put before it is found only there."""
+        if first_position is not None and first_position < 0:
+            self._fail(
+                first_position,
+                "offset",
+                f"an event is stored at offset {first_position}, before the log's first offset"
+                " 0 (inserted event)",
+            )
         size = self.report.events_checked = self._next
         if size < self.report.notarised_size:
             self._fail(

@@ -38,6 +38,7 @@ INSERT = "INSERT INTO events (position, stream_id, data) VALUES (?, ?, ?)"
 # the stored rows (sqlite_spans.STORED_ROWS) of a page after a position
 PAGE_BYTES = STORED_ROWS + " WHERE position > ? ORDER BY position LIMIT ?"
 ROW_COUNT = "SELECT COUNT(*) FROM events"
+FIRST_POSITION = "SELECT MIN(position) FROM events"  # 0, or None for an empty log
 # a log written before the events table lost its version and event_id columns
 _OLD_COLUMNS = {"position", "stream_id", "version", "event_id", "data"}
 
@@ -295,6 +296,11 @@ class SqliteEventStore:
         (n,) = await self._db.run(lambda c: c.execute(ROW_COUNT).fetchone())
         return int(n)
 
+    async def first_position(self) -> int | None:
+        """The least position a row holds: 0, unless a row was put before the log's start."""
+        (first,) = await self._db.run(lambda c: c.execute(FIRST_POSITION).fetchone())
+        return None if first is None else int(first)
+
     async def close(self) -> None:
         """Write the stream index and close this store's connection (the database is the opener's)."""
         try:
@@ -359,6 +365,11 @@ class SqliteLogReader:
         """The rows the events table holds: log_size, unless rows are missing or misplaced."""
         [(n,)] = await self._read(ROW_COUNT, ())
         return int(n)
+
+    async def first_position(self) -> int | None:
+        """The least position a row holds: 0, unless a row was put before the log's start."""
+        [(first,)] = await self._read(FIRST_POSITION, ())
+        return None if first is None else int(first)
 
     async def wait_for_append(self, timeout: float) -> None:
         """An audit reads what is stored; what is appended meanwhile, it reads next time."""
