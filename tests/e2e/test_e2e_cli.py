@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
-from e2e_kit import system
+from e2e_kit import site, system
 from google.protobuf.json_format import MessageToDict
 from psvis.server import RunningPlatform
 from psvis.settings import Settings
@@ -157,3 +157,24 @@ async def test_an_encrypted_key_file_is_named_as_such(platform, settings, tmp_pa
     run = await psvis(platform, settings, "list", pki=pki)
     assert run.status == 1, run
     assert f"{pki / 'dev-unit.key'} is an encrypted private key" in run.stderr, run.stderr
+
+
+async def test_the_police_declare_and_withdraw_a_site_through_the_cli(platform, settings):
+    """REG-3: a site declared for a trade fair, withdrawn once the fair is over."""
+    fair = MessageToDict(
+        site("fair", category="commerce_leisure_lodging"), preserving_proto_field_name=True
+    )
+    police = {"identity": "dev-police"}
+    run = await psvis(platform, settings, "declare-site", "--on", "2024-03-01", "--data",
+                      json.dumps({"site": fair}), **police)  # fmt: skip
+    assert run.status == 0 and run.stdout.startswith("ok: site-fair is at version 1"), run
+    run = await psvis(platform, settings, "withdraw-site", "fair", "--on", "2024-03-10",
+                      "--reason", "the fair is over", "--json", **police)  # fmt: skip
+    assert run.status == 0 and (run.json["stream_id"], run.json["version"]) == ("site-fair", "2")
+    again = await psvis(platform, settings, "withdraw-site", "fair", "--on", "2024-03-11",
+                        "--reason", "over", "--json", **police)  # fmt: skip
+    assert again.status == 1 and again.json["error"]["code"] == "FAILED_PRECONDITION", again
+    during = await psvis(platform, settings, "findings", "--as-of", "2024-03-09", **police)
+    assert "open     REG-3  Wuhan 6(5)" in during.stdout and "site-fair" in during.stdout, during
+    after = await psvis(platform, settings, "findings", "--as-of", "2024-03-10", **police)
+    assert after.stdout.strip() == "no findings", after

@@ -25,6 +25,7 @@ WRITERS = frozenset({UNIT, POLICE})
 POLICY: dict[str, frozenset[str]] = {
     "RecordInspection": frozenset({POLICE}),
     "DeclareMandatorySite": frozenset({POLICE}),
+    "WithdrawMandatorySite": frozenset({POLICE}),
     "GetSystem": frozenset({UNIT, POLICE}),
     "ListSystems": frozenset({UNIT, POLICE, AUDITOR}),
     "SearchCameras": frozenset({POLICE}),
@@ -180,6 +181,17 @@ class RegistryApi(reg_grpc.RegistryServiceServicer):
     ) -> reg.CommandResult:
         caller = authorise(context, "DeclareMandatorySite")
         return result(await self._r.declare_site(caller, request.declaration))
+
+    async def WithdrawMandatorySite(
+        self, request: reg.WithdrawMandatorySiteRequest, context: grpc.aio.ServicerContext
+    ) -> reg.CommandResult:
+        caller = authorise(context, "WithdrawMandatorySite")
+        v.identifier(request.site_id, "site_id")
+        return result(
+            await self._r.withdraw_site(
+                caller, request.site_id, request.expected_version, request.withdrawal
+            )
+        )
 
     async def GetSystem(
         self, request: reg.GetSystemRequest, context: grpc.aio.ServicerContext

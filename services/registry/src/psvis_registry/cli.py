@@ -200,6 +200,18 @@ def _milestone(args: argparse.Namespace) -> int:
     return run_rpc(call)
 
 
+def _withdraw_site(args: argparse.Namespace) -> int:
+    withdrawal = reg.MandatorySiteWithdrawn(withdrawn_on=args.on, reason=args.reason)
+    request = reg.WithdrawMandatorySiteRequest(
+        site_id=args.site_id, expected_version=args.expected_version, withdrawal=withdrawal
+    )
+
+    async def call() -> None:
+        _print_result(args, await _stub(args).WithdrawMandatorySite(request))
+
+    return run_rpc(call)
+
+
 def _classify(args: argparse.Namespace) -> int:
     c = reg.Classification(
         anti_terror_key_target=args.anti_terror, security_key_unit=args.key_unit,
@@ -358,6 +370,18 @@ def add_cli(sub: Any) -> None:
     p.add_argument("--on", required=True, help="date the main works reached it, e.g. 2024-03-01")
     add_connection_flags(p)
     p.set_defaults(run=_milestone)
+
+    p = commands.add_parser(
+        "withdraw-site",
+        help="withdraw a declared site, e.g. once a large public event is over (REG-3; police)",
+    )
+    p.add_argument("site_id")
+    p.add_argument("--on", required=True, help="date from which the site is not mandatory")
+    p.add_argument("--reason", required=True, help="why, e.g. the event is over")
+    p.add_argument("--expected-version", type=whole(0, 2**63 - 1), default=0,
+                   help="refuse the withdrawal unless the site is at this version (0: any)")  # fmt: skip
+    add_connection_flags(p)
+    p.set_defaults(run=_withdraw_site)
 
     p = commands.add_parser(
         "get", help="a system's basic information (REG-10: its unit or the police)"

@@ -27,16 +27,64 @@ STATES = frozenset(
 
 
 @dataclass
+class SiteState:
+    """A site the police declared mandatory (REG-3), from its stream "site-<id>"."""
+
+    site_id: str
+    version: int = 0
+    category: str = ""
+    declared_on: str = ""
+    withdrawn_on: str = ""
+
+    def require_declared(self) -> None:
+        if not self.version:
+            raise NotFound(f"no site {shown(self.site_id)} is declared mandatory")
+
+    def in_force_on(self, day: date) -> bool:
+        """Whether the site is mandatory on `day`: from its declaration until its withdrawal."""
+        return (
+            bool(self.declared_on)
+            and date.fromisoformat(self.declared_on) <= day
+            and not (self.withdrawn_on and date.fromisoformat(self.withdrawn_on) <= day)
+        )
+
+
+def evolve_site(state: SiteState, event: Message) -> None:
+    state.version += 1
+    match event:
+        case reg.MandatorySiteDeclared():
+            state.category = event.site.category
+            state.declared_on = event.declared_on
+        case reg.MandatorySiteWithdrawn():
+            state.withdrawn_on = event.withdrawn_on
+        case _:
+            pass
+
+
+@dataclass
 class SystemState:
     system_id: str
     version: int = 0
     registered: bool = False
     state: str = ""
     managing_unit: str = ""
-    site_category: str = ""
+    site_id: str = ""
+    site_category: str = ""  # as the unit filed it
     cameras: set[str] = field(default_factory=set)
     # the latest dated lifecycle step (REG-5, REG-6): what it was, and its ISO date
     last_step: tuple[str, str] = ("", "")
+    # the police's declaration of the site the system stands at, if any: not in the system's
+    # stream, so the application reads it from the site's and hands it to the decision
+    site_declaration: SiteState | None = None
+
+    def category_on(self, day: date) -> str:
+        """The category of the system's site on `day` (REG-3): the one the police declared
+        while their declaration is in force, else the one filed. It decides which of the city's
+        rules apply to the system (Wuhan 10's rebuild plan, Xi'an 14's design review)."""
+        declared = self.site_declaration
+        if declared is not None and declared.in_force_on(day):
+            return declared.category
+        return self.site_category
 
     def require_registered(self) -> None:
         if not self.registered:
@@ -75,6 +123,7 @@ def evolve(state: SystemState, event: Message) -> None:
             state.registered = True
             state.state = PLANNED
             state.managing_unit = event.managing_unit
+            state.site_id = event.site.site_id
             state.site_category = event.site.category
             state.cameras = {c.camera_id for c in event.cameras}
         case reg.DesignReviewed():
@@ -93,6 +142,7 @@ def evolve(state: SystemState, event: Message) -> None:
             state.state = IN_USE
             state.last_step = ("going into use", event.in_use_on)
         case reg.SystemRelocated():
+            state.site_id = event.new_site.site_id
             state.site_category = event.new_site.category
             state.last_step = ("relocation", event.relocated_on)
         case reg.SystemRemoved():
@@ -109,6 +159,13 @@ def refusal_event(refused: Refused) -> Message:
 SYSTEM = Aggregate[SystemState](
     new=lambda sid: SystemState(sid.removeprefix("system-")),
     evolve=evolve,
+    refusal_event=refusal_event,
+)
+
+
+SITE = Aggregate[SiteState](
+    new=lambda sid: SiteState(sid.removeprefix("site-")),
+    evolve=evolve_site,
     refusal_event=refusal_event,
 )
 

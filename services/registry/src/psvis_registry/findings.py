@@ -221,24 +221,76 @@ def inspection_findings(
         yield finding("inspections", pack, subject, since, "open", detail)
 
 
+def in_use_spans(doc: Document, view: reg.SystemView) -> Iterator[tuple[str, date, date]]:
+    """The sites the system was in use at, each with the days [from, until): from going into
+    use, or a move there, until a move away or the removal (date.max: still there).
+
+    A day of a span is a day in_use_on and site_on count the system in use at that site."""
+    in_use = _d(view.in_use_on)
+    if view.state not in (domain.IN_USE, domain.REMOVED) or in_use is None:
+        return
+    end = _d(doc.get("removed_on", "")) if view.state == domain.REMOVED else date.max
+    if end is None:  # removed on an unknown day: never counted in use (removed_by)
+        return
+    moves = (date.fromisoformat(m["relocated_on"]) for m in doc.get("relocations", []))
+    starts = [in_use, *sorted({day for day in moves if in_use < day < end})]
+    for start, until in zip(starts, [*starts[1:], end], strict=True):
+        yield site_on(doc, view, start), start, until
+
+
+def _unserved(
+    start: date, stop: date, served: list[tuple[date, date]]
+) -> Iterator[tuple[date, date]]:
+    """The spells [from, until) of the days [start, stop) that no span [from, until) covers."""
+    day = start
+    for begins, ends in sorted(served):
+        if begins >= stop:
+            break
+        if begins > day:
+            yield day, begins
+        day = max(day, ends)
+    if day < stop:
+        yield day, stop
+
+
 def site_findings(
     sites: list[Document], systems: list[Document], pack: RulePack, as_of: date
 ) -> Iterator[reg.Finding]:
-    """REG-3: a site of a mandatory category without a system in use there."""
+    """REG-3: each spell that a declared site went without a system in use there.
+
+    The duty holds from the declaration (the articles, Xi'an 9-10 and Wuhan 6, give no time
+    to comply), or from the day the city's Measures took effect if that is later, until the
+    declaration is withdrawn. A site with no system in use on as_of is an open finding since
+    the first day of that spell; a spell that ended, on or before as_of, when a system went
+    into use there (or moved there) is resolved, and says on which day. A site served from
+    the first day of its duty has no finding. As of the withdrawal on, the site is not listed.
+    """
     categories = mandatory_categories(pack)
-    served = set()
+    served: dict[str, list[tuple[date, date]]] = {}
     for doc in systems:
-        view = view_of(doc)
-        if in_use_on(doc, view, as_of):
-            served.add(site_on(doc, view, as_of))
+        for site_id, start, until in in_use_spans(doc, view_of(doc)):
+            served.setdefault(site_id, []).append((start, until))
     for doc in sites:
-        site, declared = doc["site"], date.fromisoformat(doc["declared_on"])
-        if declared > as_of or site["site_id"] in served:
+        site = doc["site"]
+        start = date.fromisoformat(doc["declared_on"])
+        if pack.in_force is not None:
+            start = max(start, pack.in_force)
+        withdrawn = _d(doc.get("withdrawn_on", ""))
+        if start > as_of or (withdrawn is not None and withdrawn <= as_of):
             continue
-        f = finding("sites.mandatory", pack, f"site-{site['site_id']}", declared, "open",
-                    f"{site['category']} at {site.get('address', '')} has no system in use")  # fmt: skip
-        f.article = categories.get(site["category"], f.article)
-        yield f
+        subject, where = (
+            f"site-{site['site_id']}",
+            f"{site['category']} at {site.get('address', '')}",
+        )
+        for since, until in _unserved(start, _plus(as_of, 1), served.get(site["site_id"], [])):
+            if until > as_of:
+                f = finding("sites.mandatory", pack, subject, since, "open",
+                            f"{where} has no system in use")  # fmt: skip
+            else:
+                f = finding("sites.mandatory", pack, subject, since, "resolved",
+                            f"{where} had no system in use until {until}")  # fmt: skip
+            f.article = categories.get(site["category"], f.article)
+            yield f
 
 
 _DONE = {"designed": "designed", "built": "built", "accepted": "accepted", "in_use": "put into use"}

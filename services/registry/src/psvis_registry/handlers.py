@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import date
-from typing import Any
+from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 from psvis.clock import city_date
-from psvis.decision import Accepted, Decision, execute
+from psvis.decision import Accepted, Aggregate, Decision, execute, load
 from psvis.envelope import Actor, NewEvent, RecordedEvent
-from psvis.errors import AlreadyExists, ConcurrencyConflict, PermissionDenied, RuleRefusal
+from psvis.errors import AlreadyExists, PermissionDenied, RuleRefusal, Unavailable
 from psvis.grpc_server import Caller
 from psvis.payloads import decode_payload
 from psvis.platform import Platform
@@ -19,7 +19,9 @@ from psvis.rulepack import RulePack
 
 from psvis_registry import rules
 from psvis_registry.domain import (
+    SITE,
     SYSTEM,
+    SiteState,
     SystemState,
     project_stream,
     site_stream,
@@ -29,8 +31,18 @@ from psvis_registry.findings import all_findings
 from psvis_registry.projections import PROJECTS, SITES, SYSTEMS
 
 UNIT, POLICE = "management_unit", "police"
+ATTEMPTS = 100
 
 Decide = Callable[[SystemState, Any, RulePack], Decision]
+S = TypeVar("S")
+
+
+class _StandsElsewhere(Exception):
+    """The system stands at another site than the one whose declaration was read."""
+
+    def __init__(self, site_id: str) -> None:
+        super().__init__(site_id)
+        self.site_id = site_id
 
 
 class Registry:
@@ -45,40 +57,66 @@ class Registry:
                 f"{caller.agency} may register only its own systems, not {system.managing_unit}'s"
             )
 
-        declared = await self._declared_category(system.site.site_id)
+        declared = await self._declaration(system.site.site_id)
 
         def decide(state: SystemState) -> Decision:
             if state.registered:
                 raise AlreadyExists(f"video system {state.system_id} is already registered")
             decision = rules.register(state, system, self._p.pack)  # bad input is named first
             if isinstance(decision, Accepted):  # a rule's refusal stands, and is recorded
-                rules.require_site_as_declared(system.site, declared, "system.site")
+                on = date.fromisoformat(system.registered_on)
+                rules.require_site_as_declared(system.site, declared, on, "system.site")
             return decision
 
-        return await self._run(caller, system.system_id, decide, 0)
+        return await self._run(caller, SYSTEM, system_stream(system.system_id), decide, 0)
 
     async def command(
         self, caller: Caller, system_id: str, expected: int, decide: Decide, payload: Message
     ) -> RecordedEvent:
+        """Decide with the state of the system and the police's declaration of its site (REG-3).
+
+        The site is first taken from the read model; should the system stand elsewhere when
+        the decision loads it (the read model behind, or a move in between), the decision is
+        made again with the declaration of the site it stands at."""
+        view = (await self.system_doc(system_id) or {}).get("view")
+        site_id = str(view.get("site", {}).get("site_id", "")) if isinstance(view, dict) else ""
+        for _ in range(ATTEMPTS):
+            try:
+                return await self._command_at(site_id, caller, system_id, expected, decide, payload)
+            except _StandsElsewhere as moved:
+                site_id = moved.site_id
+        raise Unavailable(f"system {system_id} keeps moving: gave up after {ATTEMPTS} attempts")
+
+    async def _command_at(
+        self, site_id: str, caller: Caller, system_id: str, expected: int, decide: Decide,
+        payload: Message,
+    ) -> RecordedEvent:  # fmt: skip
+        """The command, decided with the declaration of the site the system must stand at."""
+        declared = await self._declaration(site_id)
+
         def decided(state: SystemState) -> Decision:
             state.require_registered()
             if caller.role == UNIT and state.managing_unit != caller.agency:
                 raise PermissionDenied(f"system {system_id} is not managed by {caller.agency}")
+            if state.site_id != site_id:
+                raise _StandsElsewhere(state.site_id)
+            state.site_declaration = declared
             return decide(state, payload, self._p.pack)
 
-        return await self._run(caller, system_id, decided, expected)
+        return await self._run(caller, SYSTEM, system_stream(system_id), decided, expected)
 
     async def relocate(
         self, caller: Caller, system_id: str, expected: int, move: reg.SystemRelocated
     ) -> RecordedEvent:
-        """A command like the others, but that the new site's declared category (REG-3) is
-        read first, and holds for a move the city's rules accept."""
-        declared = await self._declared_category(move.new_site.site_id)
+        """A command like the others, but that the new site's declaration (REG-3) is read
+        first, and holds for a move the city's rules accept."""
+        declared = await self._declaration(move.new_site.site_id)
 
         def decide(state: SystemState, cmd: reg.SystemRelocated, pack: RulePack) -> Decision:
             decision = rules.relocate(state, cmd, pack)  # bad input is named first
             if isinstance(decision, Accepted):  # a rule's refusal stands, and is recorded
-                rules.require_site_as_declared(cmd.new_site, declared, "relocation.new_site")
+                on = date.fromisoformat(cmd.relocated_on)
+                rules.require_site_as_declared(cmd.new_site, declared, on, "relocation.new_site")
             return decision
 
         return await self.command(caller, system_id, expected, decide, move)
@@ -86,15 +124,16 @@ class Registry:
     async def _run(
         self,
         caller: Caller,
-        system_id: str,
-        decide: Callable[[SystemState], Decision],
+        kind: Aggregate[S],
+        stream: str,
+        decide: Callable[[S], Decision],
         expected: int,
     ) -> RecordedEvent:
         try:
             recorded = await execute(
                 self._p.events,
-                SYSTEM,
-                system_stream(system_id),
+                kind,
+                stream,
                 decide,
                 actor=Actor(agency=caller.agency, role=caller.role),
                 occurred_at=self._p.clock.now(),
@@ -109,14 +148,22 @@ class Registry:
 
     async def declare_site(self, caller: Caller, cmd: reg.MandatorySiteDeclared) -> RecordedEvent:
         rules.declare_site(cmd, self._p.pack)
-        stream = site_stream(cmd.site.site_id)
-        event = NewEvent(cmd, self._p.clock.now(), Actor(caller.agency, role=caller.role))
-        try:
-            (recorded,) = await self._p.events.append(stream, 0, [event])
-        except ConcurrencyConflict:
-            raise AlreadyExists(f"site {cmd.site.site_id} is already declared") from None
-        await self._p.projections.wait_for_stream(stream, 1)
-        return recorded
+
+        def decide(state: SiteState) -> Decision:
+            if state.version:
+                withdrawn = f" (withdrawn on {state.withdrawn_on})" if state.withdrawn_on else ""
+                raise AlreadyExists(f"site {state.site_id} is already declared{withdrawn}")
+            return Accepted(cmd)
+
+        return await self._run(caller, SITE, site_stream(cmd.site.site_id), decide, 0)
+
+    async def withdraw_site(
+        self, caller: Caller, site_id: str, expected: int, cmd: reg.MandatorySiteWithdrawn
+    ) -> RecordedEvent:
+        def decide(state: SiteState) -> Decision:
+            return rules.withdraw_site(state, cmd, self._p.pack)
+
+        return await self._run(caller, SITE, site_stream(site_id), decide, expected)
 
     async def record_milestone(
         self, caller: Caller, cmd: reg.ProjectMilestoneReached
@@ -137,16 +184,12 @@ class Registry:
         await self._p.projections.wait_for_stream(stream, recorded.version)
         return recorded
 
-    async def _declared_category(self, site_id: str) -> str | None:
-        """The category the police declared the site of, if they declared it (from the log)."""
+    async def _declaration(self, site_id: str) -> SiteState | None:
+        """The police's declaration of the site, if they declared it (from the log)."""
         if not site_id:
             return None  # the command's validation names the missing id
-        declared = await self._p.events.read_stream(site_stream(site_id))
-        if not declared:
-            return None
-        declaration = decode_payload(declared[0].envelope)
-        assert isinstance(declaration, reg.MandatorySiteDeclared)
-        return str(declaration.site.category)
+        state, version = await load(self._p.events, SITE, site_stream(site_id))
+        return state if version else None
 
     async def system_doc(self, system_id: str) -> dict[str, object] | None:
         found = await self._p.reads.get(SYSTEMS, system_id)

@@ -239,9 +239,13 @@ _EDITS: dict[type[Message], Edit] = {
 
 
 def fold_site(doc: Document | None, event: Message, env: pb.EventEnvelope) -> Document:
+    """A site's document: its declaration as proto3 JSON, and "withdrawn_on" once withdrawn."""
     if isinstance(event, reg.MandatorySiteDeclared):
         return json_dict(event)
-    return doc if doc is not None else {}
+    doc = doc if doc is not None else {}
+    if isinstance(event, reg.MandatorySiteWithdrawn):
+        doc["withdrawn_on"] = event.withdrawn_on
+    return doc
 
 
 def fold_project(doc: Document | None, event: Message, env: pb.EventEnvelope) -> Document:

@@ -21,6 +21,7 @@ from psvis_registry.domain import (
     RECTIFICATION,
     REJECTED,
     REVIEWED,
+    SiteState,
     SystemState,
 )
 
@@ -80,14 +81,18 @@ def _site(site: reg.Site, field: str, pack: RulePack) -> None:
     _location(site, f"{field}.location")
 
 
-def require_site_as_declared(site: reg.Site, declared: str | None, field: str) -> None:
-    """A site the police declared mandatory (REG-3) is of the category they declared: the
-    category decides which of the city's rules apply to the systems there (Wuhan 10's rebuild
-    plan, Xi'an 14's design review), so a unit may not file one of its own."""
-    if declared is not None and site.category != declared:
+def require_site_as_declared(
+    site: reg.Site, declared: SiteState | None, on: date, field: str
+) -> None:
+    """A site the police declared mandatory (REG-3) is of the category they declared, while
+    their declaration is in force on the command's date: the category decides which of the
+    city's rules apply to the systems there (Wuhan 10's rebuild plan, Xi'an 14's design
+    review), so a unit may not file one of its own."""
+    if declared is not None and declared.in_force_on(on) and site.category != declared.category:
         raise FailedPrecondition(
-            f"{field}.category: site {site.site_id} is declared by the police a {declared}"
-            f" site (REG-3), not {v.shown(site.category)}"
+            f"{field}.category: site {site.site_id} is declared by the police a"
+            f" {declared.category} site from {declared.declared_on} (REG-3), not"
+            f" {v.shown(site.category)}"
         )
 
 
@@ -184,7 +189,8 @@ def complete_construction(
     state.require_dated_in_order(day, "construction.completed_on")
     review = pack.rule("lifecycle.design_review")  # REG-5: no building before a passed review
     # Xi'an 14 para 1: the review is required of systems at the mandatory sites of Xi'an 9
-    required = review.param("required", False) and state.site_category in mandatory_categories(pack)
+    mandatory = state.category_on(day) in mandatory_categories(pack)
+    required = review.param("required", False) and mandatory
     if required and state.state != REVIEWED:
         reason = f"system {state.system_id} is {state.state}: building needs a passed design review"
         return Refused("CompleteConstruction", review.cite(reason))
@@ -262,7 +268,7 @@ def _move_timing(
         return None
     command = "RelocateSystem" if rule_id == "relocation" else "RemoveSystem"
     reported = v.iso_date(cmd.reported_on, f"{rule_id}.reported_on", optional=True)
-    mandatory = state.site_category in mandatory_categories(pack)
+    mandatory = state.category_on(moved_on) in mandatory_categories(pack)
     if mandatory and rule.param("mandatory_site_requires_rebuild_plan", False):
         if not cmd.rebuild_plan_ref:
             reason = "the system serves a mandatory site: a rebuild or replacement plan is required"
@@ -394,9 +400,29 @@ def record_milestone(reached: dict[str, date], cmd: reg.ProjectMilestoneReached)
 
 
 def declare_site(cmd: reg.MandatorySiteDeclared, pack: RulePack) -> None:
+    """Format checks of a declaration (REG-3), before its stream is read."""
     _site(cmd.site, "declaration.site", pack)
     v.need_date(cmd.declared_on, "declaration.declared_on")
     if cmd.site.category not in mandatory_categories(pack):
         raise InvalidArgument(
             f"declaration.site.category {v.shown(cmd.site.category)} is not a mandatory category of {pack.name}"
         )
+
+
+def withdraw_site(state: SiteState, cmd: reg.MandatorySiteWithdrawn, pack: RulePack) -> Decision:
+    """REG-3: the police withdraw a declared site (a large public event is over, Xi'an 10):
+    from the withdrawal's date on it is not mandatory, and a site is withdrawn once."""
+    state.require_declared()
+    day = v.need_date(cmd.withdrawn_on, "withdrawal.withdrawn_on")
+    v.required(cmd.reason, "withdrawal.reason")
+    if state.withdrawn_on:
+        raise FailedPrecondition(
+            f"site {state.site_id} was withdrawn on {state.withdrawn_on}: a withdrawal does not"
+            " apply (REG-3)"
+        )
+    if day < date.fromisoformat(state.declared_on):
+        raise FailedPrecondition(
+            f"withdrawal.withdrawn_on {day} is before the site's declaration: site"
+            f" {state.site_id} was declared on {state.declared_on} (REG-3)"
+        )
+    return Accepted(cmd)
