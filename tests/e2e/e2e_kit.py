@@ -49,6 +49,13 @@ def camera(camera_id: str = "cam-1", *, place: str = "street", lon: float = WUHA
                       address_code=address_code, **fields)  # fmt: skip
 
 
+def placement(camera_id: str = "cam-1", *, lon: float = WUHAN[0], lat: float = WUHAN[1],
+              address_code: str = WUHAN[2]) -> reg.CameraPlacement:  # fmt: skip
+    """Where a camera stands after its system moved (REG-2)."""
+    return reg.CameraPlacement(camera_id=camera_id, location=point(lon, lat),
+                               address_code=address_code)  # fmt: skip
+
+
 def site(site_id: str = "site-1", *, category: str = "other", lon: float = WUHAN[0],
          lat: float = WUHAN[1], address_code: str = WUHAN[2]) -> reg.Site:  # fmt: skip
     return reg.Site(site_id=site_id, category=category, address="1 Jiefang Road",

@@ -178,3 +178,27 @@ async def test_the_police_declare_and_withdraw_a_site_through_the_cli(platform, 
     assert "open     REG-3  Wuhan 6(5)" in during.stdout and "site-fair" in during.stdout, during
     after = await psvis(platform, settings, "findings", "--as-of", "2024-03-10", **police)
     assert after.stdout.strip() == "no findings", after
+
+
+async def test_reg2_a_relocation_places_each_camera_given_by_flags(platform, settings):
+    """REG-2 (Guangzhou 16 para 2): `relocate --camera ID=LON,LAT,CODE` says where each camera
+    stands after the move, and the police's camera search finds it there."""
+    registered = MessageToDict(system("gate-3"), preserving_proto_field_name=True)
+    await psvis(platform, settings, "register", "--data", json.dumps(registered))
+    east = {"new_site": {"site_id": "s-east", "category": "other", "address": "9 East Rd",
+                         "address_code": "420111", "location": {"longitude": 114.4, "latitude": 30.5}}}  # fmt: skip
+    move = ["relocate", "gate-3", "--on", "2024-06-30", "--reported-on", "2024-06-10",
+            "--data", json.dumps(east)]  # fmt: skip
+    unplaced = await psvis(platform, settings, *move, "--json")
+    assert unplaced.status == 1 and unplaced.json["error"]["code"] == "INVALID_ARGUMENT"
+    assert "cam-1" in unplaced.json["error"]["message"]
+    garbled = await psvis(platform, settings, *move, "--camera", "cam-1=114.41;30.51")
+    assert garbled.status == 2 and "CAMERA_ID=LONGITUDE,LATITUDE,ADDRESS_CODE" in garbled.stderr
+    run = await psvis(platform, settings, *move, "--camera", "cam-1=114.41,30.51,420111001")
+    assert run.status == 0 and "system-gate-3 is at version 2" in run.stdout, run.stderr
+    found = await psvis(platform, settings, "cameras", "--address-code", "420111", "--json",
+                        identity="dev-police")  # fmt: skip
+    (hit,) = found.json["cameras"]
+    assert (hit["system_id"], hit["camera"]["camera_id"]) == ("gate-3", "cam-1")
+    assert hit["camera"]["location"] == {"longitude": 114.41, "latitude": 30.51, "crs": ""}
+    assert hit["camera"]["address_code"] == "420111001"

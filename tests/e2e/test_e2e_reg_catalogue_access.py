@@ -12,9 +12,11 @@ from e2e_kit import (
     REFUSED,
     camera,
     expect,
+    placement,
     register,
     site,
     system,
+    version,
     xian_system,
 )
 from psvis.pki import ensure_dev_pki, issue_client
@@ -137,6 +139,71 @@ async def test_reg2_view_carries_catalogue_fields(clients):
     )
     assert view.site.address_code == "420102001" and len(view.cameras) == 2
     assert view.cameras[1].location.longitude == pytest.approx(114.321)
+
+
+async def move(stub, sid: str, placements: list[reg.CameraPlacement], **kw) -> reg.CommandResult:
+    """A relocation to the east of Wuhan (420111), filed in time (Wuhan 10)."""
+    fields = {
+        "new_site": site("site-east", lon=114.40, lat=30.50, address_code="420111"),
+        "relocated_on": "2024-06-30",
+        "reported_on": "2024-06-10",
+        "placements": placements,
+    }
+    fields.update(kw)  # fmt: skip
+    return await stub.RelocateSystem(
+        reg.RelocateSystemRequest(system_id=sid, relocation=reg.SystemRelocated(**fields))
+    )
+
+
+async def test_reg2_a_relocated_systems_cameras_are_found_where_they_now_stand(clients):
+    """REG-2, basic data kept current (Guangzhou 16 para 2) in one coordinate system (Wuhan 13):
+    after the move, the catalogue shows each camera at the location and address code the
+    relocation gave it, and no longer at its old place."""
+    sid = await register(clients.unit, cameras=[camera("c1"), camera("c2", lon=114.301)])
+    await move(clients.unit, sid, [placement("c1", lon=114.41, lat=30.51, address_code="420111001"),
+                                   placement("c2", lon=114.42, lat=30.52, address_code="420111002")])  # fmt: skip
+    hits = (await clients.police.SearchCameras(reg.SearchCamerasRequest(
+        address_code_prefix="420111", min_longitude=114.405, min_latitude=30.5,
+        max_longitude=114.425, max_latitude=30.53))).cameras  # fmt: skip
+    assert sorted((h.system_id, h.camera.camera_id, h.camera.location.longitude,
+                   h.camera.location.latitude, h.camera.address_code) for h in hits) == [
+        (sid, "c1", 114.41, 30.51, "420111001"), (sid, "c2", 114.42, 30.52, "420111002"),
+    ]  # fmt: skip
+    assert (hits[0].camera.place, hits[0].camera.device_type) == ("street", "dome")  # kept
+    old_place = (await clients.police.SearchCameras(reg.SearchCamerasRequest(
+        address_code_prefix="420102", min_longitude=114.29, min_latitude=30.59,
+        max_longitude=114.31, max_latitude=30.61))).cameras  # fmt: skip
+    assert [h for h in old_place if h.system_id == sid] == []
+    view = await clients.unit.GetSystem(reg.GetSystemRequest(system_id=sid))
+    assert (view.site.site_id, [c.address_code for c in view.cameras]) == (
+        "site-east",
+        ["420111001", "420111002"],
+    )
+
+
+async def test_reg2_a_relocation_that_does_not_place_every_camera_once_is_invalid(clients):
+    """REG-2: a relocation says where each of the system's cameras now stands, in CGCS2000
+    (Wuhan 13); one that leaves a camera out, names one twice or one the system lacks, or
+    places one badly is INVALID_ARGUMENT and records nothing."""
+    sid = await register(clients.unit, cameras=[camera("c1"), camera("c2")])
+    c1, c2 = placement("c1", lon=114.41, lat=30.51), placement("c2", lon=114.42, lat=30.52)
+    nowhere = reg.CameraPlacement(camera_id="c2", address_code="420111")
+    wgs84 = placement("c2", lon=114.42, lat=30.52)
+    wgs84.location.crs = "WGS84"
+    for placements, fragments in [
+        ([c1], ("relocation.placements", "c2")),
+        ([], ("relocation.placements", "c1", "c2")),
+        ([c1, c2, placement("c1", lon=114.43)], ("relocation.placements", "c1", "once")),
+        ([c1, c2, placement("c9")], ("c9",)),
+        ([c1, placement("c2", lat=100.0)], ("relocation.placements[1].location", "out of range")),
+        ([c1, nowhere], ("relocation.placements[1].location", "required")),
+        ([c1, wgs84], ("relocation.placements[1].location.crs", "CGCS2000")),
+        ([c1, placement("c2", address_code="42-01")], ("relocation.placements[1].address_code",)),
+    ]:
+        await expect(move(clients.unit, sid, placements), INVALID, *fragments)
+    assert await version(clients.unit, sid) == 1
+    view = await clients.unit.GetSystem(reg.GetSystemRequest(system_id=sid))
+    assert view.site.site_id == "site-1" and {c.address_code for c in view.cameras} == {"420102"}
 
 
 # --- REG-4 -------------------------------------------------------------------------------------

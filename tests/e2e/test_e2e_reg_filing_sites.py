@@ -19,6 +19,7 @@ from e2e_kit import (
     expect,
     findings,
     into_use,
+    placement,
     register,
     site,
     system,
@@ -231,6 +232,7 @@ async def test_reg3_a_system_at_a_declared_site_is_of_the_declared_category(clie
         new_site=site("site-metro", category="other"),
         relocated_on="2024-06-30",
         reported_on="2024-06-15",
+        placements=[placement()],
     )
     await expect(clients.unit.RelocateSystem(reg.RelocateSystemRequest(system_id=elsewhere, relocation=move)),
                  REFUSED, "relocation.new_site.category", "transport")  # fmt: skip
@@ -291,7 +293,7 @@ async def test_reg3_a_system_moved_away_served_the_site_until_its_move(clients):
     await into_use(clients.unit, sid, in_use_on="2024-02-01")
     await clients.unit.RelocateSystem(reg.RelocateSystemRequest(system_id=sid, relocation=reg.SystemRelocated(
         new_site=site("site-depot"), relocated_on="2024-04-01", reported_on="2024-03-20",
-        rebuild_plan_ref="PLAN-9")))  # fmt: skip
+        rebuild_plan_ref="PLAN-9", placements=[placement()])))  # fmt: skip
     assert (await clients.unit.GetSystem(reg.GetSystemRequest(system_id=sid))).site.site_id == (
         "site-depot"
     )

@@ -16,6 +16,7 @@ from e2e_kit import (
     findings,
     into_use,
     new_id,
+    placement,
     register,
     review,
     site,
@@ -154,8 +155,12 @@ async def test_reg5_wuhan_needs_no_design_review_even_after_a_failed_one(clients
 
 
 def relocation(**kw) -> reg.SystemRelocated:
+    """A move of a system with one camera, cam-1, placed at its new site (REG-2)."""
     fields = {"new_site": site("site-new"), "relocated_on": "2024-06-30"}
     fields.update(kw)
+    new = fields["new_site"]
+    fields.setdefault("placements", [placement(lon=new.location.longitude, lat=new.location.latitude,
+                                               address_code=new.address_code)])  # fmt: skip
     return reg.SystemRelocated(**fields)
 
 

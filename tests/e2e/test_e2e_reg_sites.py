@@ -15,6 +15,7 @@ from e2e_kit import (
     expect,
     findings,
     into_use,
+    placement,
     register,
     review,
     site,
@@ -180,7 +181,7 @@ async def test_reg3_a_system_at_a_site_declared_later_is_moved_only_with_wuhan_1
     await into_use(clients.unit, before, in_use_on="2024-02-01")
     await declare(clients.police, site("site-depot", category="transport"), "2024-03-01")
     move = reg.SystemRelocated(new_site=site("site-yard"), relocated_on="2024-04-01",
-                               reported_on="2024-03-20")  # fmt: skip
+                               reported_on="2024-03-20", placements=[placement()])  # fmt: skip
     await expect(clients.unit.RelocateSystem(reg.RelocateSystemRequest(system_id=sid, relocation=move)),
                  REFUSED, "mandatory site", "rebuild", "Wuhan 10")  # fmt: skip
     await expect(remove(clients.unit, sid, "2024-04-01"), REFUSED, "rebuild", "Wuhan 10")

@@ -10,7 +10,20 @@ import sys
 
 import pytest
 from conftest import secure_channel
-from e2e_kit import REFUSED, accept, build, camera, expect, into_use, register, review, system, use
+from e2e_kit import (
+    REFUSED,
+    accept,
+    build,
+    camera,
+    expect,
+    into_use,
+    placement,
+    register,
+    review,
+    site,
+    system,
+    use,
+)
 from psvis.audit import replay
 from psvis.cli import main as cli_main
 from psvis.clock import RandomIds, SystemClock
@@ -39,6 +52,10 @@ async def test_inv4_replayed_registry_read_models_equal_the_live_ones(
             sid = await register(unit, system(cameras=cams, construction_project=f"plaza-{n % 2}"))
             if n % 3 == 0:
                 await into_use(unit, sid)
+                await unit.RelocateSystem(reg.RelocateSystemRequest(system_id=sid, relocation=reg.SystemRelocated(
+                    new_site=site(f"site-{n}-east", lon=114.4, address_code="420111"), relocated_on="2024-06-30",
+                    reported_on="2024-06-10", placements=[placement(f"cam-{n}-{c}", lon=114.4 + c / 1000,
+                    address_code=f"42011100{c}") for c in range(3)])))  # fmt: skip  # REG-2
             elif n % 3 == 1:
                 await review(unit, sid)
                 await build(unit, sid)

@@ -116,9 +116,13 @@ def test_reg6_wuhan_filing_must_come_within_30_days_before_the_move() -> None:
     state = registered(wuhan())
     site = reg.Site(site_id="site-2", category="other", address="2 Rd", address_code="420103",
                     location=reg.GeoPoint(longitude=114.4, latitude=30.7))  # fmt: skip
-    late = reg.SystemRelocated(new_site=site, relocated_on="2024-05-01", reported_on="2024-05-03")
-    early = reg.SystemRelocated(new_site=site, relocated_on="2024-05-01", reported_on="2024-03-01")
-    ok = reg.SystemRelocated(new_site=site, relocated_on="2024-05-01", reported_on="2024-04-20")
+    c1 = [reg.CameraPlacement(camera_id="c1", location=site.location, address_code="420103")]
+    late = reg.SystemRelocated(new_site=site, relocated_on="2024-05-01", reported_on="2024-05-03",
+                               placements=c1)  # fmt: skip
+    early = reg.SystemRelocated(new_site=site, relocated_on="2024-05-01", reported_on="2024-03-01",
+                                placements=c1)  # fmt: skip
+    ok = reg.SystemRelocated(new_site=site, relocated_on="2024-05-01", reported_on="2024-04-20",
+                             placements=c1)  # fmt: skip
     assert isinstance(rules.relocate(state, late, wuhan()), Refused)
     assert isinstance(rules.relocate(state, early, wuhan()), Refused)
     assert isinstance(rules.relocate(state, ok, wuhan()), Accepted)

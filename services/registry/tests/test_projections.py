@@ -72,6 +72,13 @@ def reference_fold(doc: Document | None, event: Message, env: pb.EventEnvelope) 
             moved = MessageToDict(event, preserving_proto_field_name=True)
             doc["relocations"].append({**moved, "from_site_id": view.site.site_id})
             view.site.CopyFrom(event.new_site)
+            for placed in event.placements:  # REG-2: each camera where the move placed it
+                for camera in view.cameras:
+                    if camera.camera_id == placed.camera_id:
+                        camera.ClearField("location")
+                        if placed.HasField("location"):
+                            camera.location.CopyFrom(placed.location)
+                        camera.address_code = placed.address_code
         case reg.SystemRemoved():
             view.state = domain.REMOVED
             doc["removed_on"] = event.removed_on
@@ -119,6 +126,10 @@ cameras = st.builds(
     reg.Camera, camera_id=cameras_ids, device_type=texts, location=points,
     address_code=texts, place=texts, orientation_deg=floats, function=texts, position=texts,
 )  # fmt: skip
+placements = st.builds(
+    reg.CameraPlacement, camera_id=cameras_ids, location=st.one_of(st.none(), points),
+    address_code=texts,
+)  # fmt: skip
 many = st.lists(texts, max_size=3)
 EVENTS = st.one_of(
     st.builds(
@@ -142,7 +153,10 @@ EVENTS = st.one_of(
         reg.ChangeFiled, camera_id=cameras_ids, attribute=st.just("orientation"),
         new_value=st.sampled_from(["0", "-0", "90.5", "1e3", "nan", "-inf"]),
     ),
-    st.builds(reg.SystemRelocated, new_site=st.one_of(st.none(), sites), relocated_on=texts),
+    st.builds(
+        reg.SystemRelocated, new_site=st.one_of(st.none(), sites), relocated_on=texts,
+        placements=st.lists(placements, max_size=3),
+    ),
     st.builds(reg.SystemRemoved, removed_on=texts, reason=texts),
     st.builds(reg.ArchiveAttached, kind=texts, sha256=texts, units=many, technicians=many),
     st.builds(reg.SignageInstalled, camera_ids=st.lists(cameras_ids, max_size=3), installed_on=texts),
@@ -230,6 +244,28 @@ def test_view_is_the_proto3_json_of_the_system_view() -> None:
     assert view["archives"] == [{"kind": "design", "sha256": "ab", "units": ["unit-a"]}]
     assert doc["signage"] == {"c1": "2024-02-01"}
     assert view_of(doc).signed_camera_ids == ["c1"]
+
+
+def test_reg2_a_relocation_places_the_cameras_and_an_older_one_leaves_them() -> None:
+    """A relocation recorded before relocations placed cameras still folds: the site moves and
+    the cameras stay where they were; one that places them moves them (REG-2)."""
+    east = reg.Site(site_id="s-2", category="other", address_code="420111")
+    old = reg.SystemRelocated(new_site=east, relocated_on="2024-06-30")
+    placed = reg.SystemRelocated(new_site=east, relocated_on="2024-07-30", placements=[
+        reg.CameraPlacement(camera_id="c1", address_code="420111001",
+                            location=reg.GeoPoint(longitude=114.41, latitude=30.51)),
+    ])  # fmt: skip
+    doc = fold_system(None, registration(), envelope(1, registration()))
+    doc = fold_system(doc, old, envelope(2, old))
+    view = view_of(doc)
+    assert view.site.site_id == "s-2" and view.cameras[0] == registration().cameras[0]
+    doc = fold_system(doc, placed, envelope(3, placed))
+    (c1,) = view_of(doc).cameras
+    assert (c1.address_code, c1.location.longitude, c1.orientation_deg) == (
+        "420111001",
+        114.41,
+        90.0,
+    )
 
 
 def test_site_declaration_is_the_document_of_its_site() -> None:

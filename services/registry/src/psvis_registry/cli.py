@@ -29,7 +29,7 @@ from psvis_registry import rules
 class Flag:
     flag: str
     field: str
-    kind: str = "str"  # str, bool, list, float, int
+    kind: str = "str"  # str, bool, list, float, int, placement (a list of CameraPlacement)
     help: str = ""
     required: bool = False
 
@@ -69,10 +69,12 @@ COMMANDS = [
             (on("effective_on"), Flag("--camera", "camera_id", required=True),
              Flag("--attribute", "attribute", help="position, function or orientation", required=True),
              Flag("--value", "new_value", required=True), Flag("--approval", "approval_ref"), Flag("--approved-by", "approved_by"))),
-    Command("relocate", "relocate the system; --data holds {\"new_site\": {...}} (REG-6)", "RelocateSystem",
-            reg.RelocateSystemRequest, "relocation",
+    Command("relocate", "relocate the system; --data holds {\"new_site\": {...}}, --camera places each camera (REG-6, REG-2)",
+            "RelocateSystem", reg.RelocateSystemRequest, "relocation",
             (on("relocated_on"), Flag("--reported-on", "reported_on"), Flag("--consent", "consent_ref"),
-             Flag("--rebuild-plan", "rebuild_plan_ref"))),
+             Flag("--rebuild-plan", "rebuild_plan_ref"),
+             Flag("--camera", "placements", "placement",
+                  "where a camera stands after the move, CAMERA_ID=LONGITUDE,LATITUDE,ADDRESS_CODE (CGCS2000); every camera once"))),
     Command("remove", "remove the system (REG-6)", "RemoveSystem", reg.RemoveSystemRequest, "removal",
             (on("removed_on"), Flag("--reason", "reason", required=True), Flag("--reported-on", "reported_on"),
              Flag("--consent", "consent_ref"), Flag("--rebuild-plan", "rebuild_plan_ref"))),
@@ -100,7 +102,7 @@ def _fill(message: Message, flags: tuple[Flag, ...], args: argparse.Namespace) -
         value = getattr(args, _dest(f))
         if value in (None, [], False):
             continue
-        if f.kind == "list":
+        if f.kind in ("list", "placement"):
             getattr(message, f.field).extend(value)
         else:
             setattr(message, f.field, value)
@@ -114,11 +116,13 @@ def _add_flags(parser: argparse.ArgumentParser, flags: tuple[Flag, ...]) -> None
     for f in flags:
         if f.kind == "bool":
             parser.add_argument(f.flag, action="store_true", help=f.help)
-        elif f.kind == "list":
+        elif f.kind in ("list", "placement"):
             parser.add_argument(
                 f.flag,
                 action="append",
                 default=[],
+                type=_placement if f.kind == "placement" else str,
+                metavar="CAMERA_ID=LON,LAT,CODE" if f.kind == "placement" else None,
                 help=f.help + " (repeatable)",
                 required=f.required,
             )
@@ -126,6 +130,22 @@ def _add_flags(parser: argparse.ArgumentParser, flags: tuple[Flag, ...]) -> None
             parser.add_argument(
                 f.flag, type=float if f.kind == "float" else str, help=f.help, required=f.required
             )
+
+
+def _placement(text: str) -> reg.CameraPlacement:
+    """CAMERA_ID=LONGITUDE,LATITUDE,ADDRESS_CODE: where a camera stands after a move (REG-2)."""
+    camera_id, _, place = text.partition("=")
+    parts = place.split(",")
+    try:
+        if not camera_id or len(parts) != 3:
+            raise ValueError
+        longitude, latitude = float(parts[0]), float(parts[1])
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not CAMERA_ID=LONGITUDE,LATITUDE,ADDRESS_CODE (e.g. c1=114.31,30.61,420102001)"
+        ) from None
+    location = reg.GeoPoint(longitude=longitude, latitude=latitude)
+    return reg.CameraPlacement(camera_id=camera_id, location=location, address_code=parts[2])
 
 
 def _payload_flags(parser: argparse.ArgumentParser) -> None:

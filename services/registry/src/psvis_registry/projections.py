@@ -187,7 +187,23 @@ def _relocated(doc: Document, view: View, event: Any, env: pb.EventEnvelope) -> 
     moved = json_dict(event)
     moved["from_site_id"] = view.get("site", {}).get("site_id", "")  # for findings as of before
     view["site"] = json_dict(event.new_site)
+    _place_cameras(view, event.placements)
     doc["relocations"].append(moved)
+
+
+def _place_cameras(view: View, placements: Any) -> None:
+    """REG-2: each camera where the move placed it; a move recorded before relocations placed
+    cameras names none, and leaves them where they were. Of two placements, the last counts."""
+    placed = {p.camera_id: p for p in placements}
+    for camera in view.get("cameras", ()):
+        p = placed.get(camera.get("camera_id", ""))
+        if p is None:
+            continue
+        if p.HasField("location"):
+            camera["location"] = json_dict(p.location)
+        else:
+            camera.pop("location", None)
+        _put(camera, "address_code", p.address_code)
 
 
 def _person(doc: Document, view: View, event: Any, env: pb.EventEnvelope) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from collections import Counter
+from collections.abc import Sequence
 from datetime import date, timedelta
 from typing import NoReturn
 
@@ -107,7 +109,7 @@ def _camera(camera: reg.Camera, i: int) -> None:
         raise InvalidArgument(f"{field}.orientation_deg must be in [0, 360)")
 
 
-def _location(placed: reg.Site | reg.Camera, field: str) -> None:
+def _location(placed: reg.Site | reg.Camera | reg.CameraPlacement, field: str) -> None:
     """REG-2 (Wuhan 13 统一空间坐标): every site and camera has a location, in one coordinate
     system, CGCS2000 (an empty crs says so too); a missing location is not (0, 0)."""
     if not placed.HasField("location"):
@@ -295,8 +297,34 @@ def relocate(state: SystemState, cmd: reg.SystemRelocated, pack: RulePack) -> De
     state.require_not_removed("relocation")
     moved_on = _step_on(state, cmd.relocated_on, "relocation.date")  # findings need it too
     _site(cmd.new_site, "relocation.new_site", pack)
+    _placements(state, cmd.placements, "relocation.placements")
     refusal = _move_timing("relocation", state, moved_on, cmd, pack)
     return refusal or Accepted(cmd)
+
+
+def _placements(state: SystemState, placements: Sequence[reg.CameraPlacement], field: str) -> None:
+    """REG-2, basic data kept current (Guangzhou 16 para 2): a move says where each of the
+    system's cameras now stands, every camera once, located as a registration locates it."""
+    for i, placed in enumerate(placements):
+        at = f"{field}[{i}]"
+        if placed.camera_id not in state.cameras:
+            raise InvalidArgument(
+                f"{at}.camera_id: system {state.system_id} has no camera {v.shown(placed.camera_id)}"
+            )
+        _location(placed, f"{at}.location")
+        v.address_code(placed.address_code, f"{at}.address_code")
+    named = Counter(p.camera_id for p in placements)
+    twice = sorted(c for c, n in named.items() if n > 1)
+    if twice:
+        raise InvalidArgument(
+            f"{field}: {', '.join(twice)} placed more than once; place each camera once"
+        )
+    missing = sorted(state.cameras - set(named))
+    if missing:
+        raise InvalidArgument(
+            f"{field}: no place given for {', '.join(missing)} of system {state.system_id}; a"
+            " relocation says where each camera now stands (location and address code, REG-2)"
+        )
 
 
 def remove(state: SystemState, cmd: reg.SystemRemoved, pack: RulePack) -> Decision:
