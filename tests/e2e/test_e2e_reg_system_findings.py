@@ -176,6 +176,37 @@ async def test_reg9_xian_requires_training_but_no_police_filing(clients):
     assert (f.article, f.status) == ("Xi'an 22(2)", "open") and "p-1" in f.detail
 
 
+async def test_reg9_wuhan_a_system_in_use_with_nobody_filed_to_watch_it_is_a_finding(clients):
+    """Wuhan 16(2): the unit files the basic information of its monitoring staff with the
+    district police. A system in use with no monitoring staff filed at all is an open finding
+    from the day it went into use, until someone is filed; before use, none."""
+    sid = await in_use_system(clients.unit)
+    assert await findings(clients.police, "2024-01-31", "REG-9", f"system-{sid}") == []
+    (f,) = await findings(clients.police, "2024-03-01", "REG-9", f"system-{sid}")
+    assert (f.rule, f.article, f.status, f.since) == (
+        "personnel",
+        "Wuhan 16(2)",
+        "open",
+        "2024-02-01",
+    )
+    assert "no monitoring staff" in f.detail and "police" in f.detail
+    await person(clients.unit, sid, "p-1", trained="2024-01-10", filed="2024-01-12")
+    assert await findings(clients.police, "2024-03-01", "REG-9", f"system-{sid}") == []
+
+
+@XIAN
+async def test_reg9_xian_a_system_in_use_without_monitoring_staff_files_is_a_finding(clients):
+    """Xi'an 22(3): the using unit keeps files on its monitoring staff (and trains them, 22(2));
+    a system in use with nobody on file is an open finding, citing 22(3)."""
+    sid = await register(clients.unit, xian_system())
+    await into_use(clients.unit, sid)
+    (f,) = await findings(clients.police, "2024-03-01", "REG-9", f"system-{sid}")
+    assert (f.article, f.status, f.since) == ("Xi'an 22(3)", "open", "2024-02-01")
+    assert "no monitoring staff" in f.detail and "police" not in f.detail
+    await person(clients.unit, sid, "p-1", trained="2024-01-10")
+    assert await findings(clients.police, "2024-03-01", "REG-9", f"system-{sid}") == []
+
+
 async def test_reg9_a_person_registered_again_is_one_record_whose_training_counts(clients):
     sid = await in_use_system(clients.unit)
     await person(clients.unit, sid, "p-1")

@@ -109,13 +109,15 @@ def _parse_rule(rule_id: str, body: Any, city_name: str, origin: str) -> Rule:
 
 
 def _cited_items(params: Mapping[str, Any]) -> list[str]:
-    return [
+    """The articles a rule's parameters cite: its list items', and any `*_article` parameter."""
+    listed = [
         str(entry["article"])
         for value in params.values()
         if isinstance(value, list)
         for entry in value
         if isinstance(entry, dict) and "article" in entry
     ]
+    return listed + [str(value) for name, value in params.items() if name.endswith("_article")]
 
 
 def load_pack(path: Path) -> RulePack:

@@ -191,18 +191,43 @@ def system_findings(doc: Document, pack: RulePack, as_of: date) -> Iterator[reg.
         yield finding(
             "signage", pack, subject, in_use, "open", f"no sign at: {', '.join(unsigned)}"
         )
-    personnel = pack.rule("personnel")  # REG-9
+    yield from personnel_findings(view, pack, subject, in_use, as_of)
+
+
+def personnel_findings(
+    view: reg.SystemView, pack: RulePack, subject: str, in_use: date, as_of: date
+) -> Iterator[reg.Finding]:
+    """REG-9, of a system in use: nobody on file to watch it, or staff untrained or unfiled."""
+    personnel = pack.rule("personnel")
+    if personnel.silent:
+        return
+    training = personnel.param("training_required", False)
+    police = personnel.param("file_with_police", False)
+    if not view.personnel:
+        yield _nobody_on_file(pack, subject, in_use, training, police)
     for person in view.personnel:
-        if personnel.param("training_required", False) and not _on_or_before(
-            person.trained_on, as_of
-        ):
+        if training and not _on_or_before(person.trained_on, as_of):
             detail = f"{person.person_id} has no recorded training"
             yield finding("personnel", pack, subject, in_use, "open", detail)
-        if personnel.param("file_with_police", False) and not _on_or_before(
-            person.filed_with_police_on, as_of
-        ):
+        if police and not _on_or_before(person.filed_with_police_on, as_of):
             detail = f"{person.person_id} is not filed with the police"
             yield finding("personnel", pack, subject, in_use, "open", detail)
+
+
+def _nobody_on_file(
+    pack: RulePack, subject: str, in_use: date, training: bool, police: bool
+) -> reg.Finding:
+    """A system in use whose unit has filed no monitoring staff at all: the unit keeps files on
+    them (Xi'an 22(3), Wuxi 30(4)) or files their basic information with the police (Wuhan
+    16(2)). The pack's staff_files_article names the item asking for the files, if not its own."""
+    owed = ["keeps files on the staff who watch it"]
+    owed += ["trains them"] if training else []
+    owed += ["files their basic information with the police"] if police else []
+    listed = " and ".join([", ".join(owed[:-1]), owed[-1]] if len(owed) > 1 else owed)
+    detail = f"no monitoring staff on file for a system in use; its unit {listed}"
+    found = finding("personnel", pack, subject, in_use, "open", detail)
+    found.article = pack.rule("personnel").param("staff_files_article", found.article)
+    return found
 
 
 def inspection_findings(
