@@ -220,11 +220,12 @@ def _nobody_on_file(
     """A system in use whose unit has filed no monitoring staff at all: the unit keeps files on
     them (Xi'an 22(3), Wuxi 30(4)) or files their basic information with the police (Wuhan
     16(2)). The pack's staff_files_article names the item asking for the files, if not its own."""
-    owed = ["keeps files on the staff who watch it"]
-    owed += ["trains them"] if training else []
-    owed += ["files their basic information with the police"] if police else []
-    listed = " and ".join([", ".join(owed[:-1]), owed[-1]] if len(owed) > 1 else owed)
-    detail = f"no monitoring staff on file for a system in use; its unit {listed}"
+    if police:
+        duty = "files the basic information of its monitoring staff with the police"
+    else:
+        duty = "keeps files on its monitoring staff"
+    detail = f"no monitoring staff on file for a system in use: its unit {duty}"
+    detail += " and trains them" if training else ""
     found = finding("personnel", pack, subject, in_use, "open", detail)
     found.article = pack.rule("personnel").param("staff_files_article", found.article)
     return found
