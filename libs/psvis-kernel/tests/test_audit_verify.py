@@ -70,6 +70,22 @@ async def verify(log: Log, signer: Signer | None = None) -> dict:
     return report.as_dict()
 
 
+def busy_platform(log: Log, appended: int = 40) -> Any:
+    """Make the log's checkpoints, once read, be followed by `appended` events, as a running
+    platform appends them while a verify runs; returns the checkpoints' own reader."""
+    read = log.checkpoints.all
+
+    async def read_then_append(log_id: str) -> Any:
+        records = await read(log_id)
+        for i in range(appended):
+            head = await log.store.head("s-busy")
+            await log.store.append("s-busy", head.version, [note(f"busy {i}", log.clock)])
+        return records
+
+    log.checkpoints.all = read_then_append  # type: ignore[method-assign]
+    return read
+
+
 def tamper(folder: Path, *statements: tuple[str, tuple]) -> None:
     conn = sqlite3.connect(folder / "psvis.db")
     for sql, params in statements:
@@ -100,16 +116,7 @@ async def test_events_appended_while_a_verify_runs_are_not_an_unsigned_tail(
     checkpoints are for the notary's next checkpoint, not ones it failed to sign; a tail
     unsigned before the verify began still counts."""
     log = await build_log(tmp_path)
-    read = log.checkpoints.all
-
-    async def busy_platform(log_id: str) -> Any:
-        records = await read(log_id)
-        for i in range(40):
-            head = await log.store.head("s-busy")
-            await log.store.append("s-busy", head.version, [note(f"busy {i}", log.clock)])
-        return records
-
-    log.checkpoints.all = busy_platform  # type: ignore[method-assign]
+    read = busy_platform(log)
     report = await verify_store(log.store, log.checkpoints, [log.signer.public], max_unsigned=5)
     assert report.ok, report
     assert report.events_checked in (30, 70)  # read to the end as it was, or as it is
@@ -127,16 +134,7 @@ async def test_the_reported_unsigned_tail_is_the_one_counted_and_appended_events
     for i in range(2):
         head = await log.store.head("s-late")
         await log.store.append("s-late", head.version, [note(f"late {i}", log.clock)])
-    read = log.checkpoints.all
-
-    async def busy_platform(log_id: str) -> Any:
-        records = await read(log_id)
-        for i in range(40):
-            head = await log.store.head("s-busy")
-            await log.store.append("s-busy", head.version, [note(f"busy {i}", log.clock)])
-        return records
-
-    log.checkpoints.all = busy_platform  # type: ignore[method-assign]
+    busy_platform(log)
     report = await verify_store(log.store, log.checkpoints, [log.signer.public], max_unsigned=2)
     assert report.ok, report
     assert (report.notarised_size, report.unnotarised_tail) == (30, 2)
