@@ -170,6 +170,26 @@ SITE = Aggregate[SiteState](
 )
 
 
+@dataclass
+class ProjectState:
+    """A construction project's main works (REG-5), from its stream "project-<id>"."""
+
+    project_id: str
+    reached: dict[str, date] = field(default_factory=dict)  # step -> the day it was reached
+
+
+def evolve_project(state: ProjectState, event: Message) -> None:
+    if isinstance(event, reg.ProjectMilestoneReached):
+        state.reached.setdefault(event.milestone, date.fromisoformat(event.reached_on))
+
+
+PROJECT = Aggregate[ProjectState](
+    new=lambda sid: ProjectState(sid.removeprefix("project-")),
+    evolve=evolve_project,
+    refusal_event=refusal_event,
+)
+
+
 def system_stream(system_id: str) -> str:
     return f"system-{system_id}"
 

@@ -9,18 +9,19 @@ from typing import Any, TypeVar
 from google.protobuf.message import Message
 from psvis.clock import city_date
 from psvis.decision import Accepted, Aggregate, Decision, execute, load
-from psvis.envelope import Actor, NewEvent, RecordedEvent
+from psvis.envelope import Actor, RecordedEvent
 from psvis.errors import AlreadyExists, PermissionDenied, RuleRefusal, Unavailable
 from psvis.grpc_server import Caller
-from psvis.payloads import decode_payload
 from psvis.platform import Platform
 from psvis.registry.v1 import registry_pb2 as reg
 from psvis.rulepack import RulePack
 
 from psvis_registry import rules
 from psvis_registry.domain import (
+    PROJECT,
     SITE,
     SYSTEM,
+    ProjectState,
     SiteState,
     SystemState,
     project_stream,
@@ -168,21 +169,14 @@ class Registry:
     async def record_milestone(
         self, caller: Caller, cmd: reg.ProjectMilestoneReached
     ) -> RecordedEvent:
-        """A step of a construction project's main works (REG-5), on the project's stream,
-        appended at the version read: a step recorded meanwhile makes this one ABORTED."""
+        """A step of a construction project's main works (REG-5), on the project's stream."""
         rules.milestone_precheck(cmd)
-        stream = project_stream(cmd.project_id)
-        history = await self._p.events.read_stream(stream)
-        reached = {}
-        for recorded in history:
-            step = decode_payload(recorded.envelope)
-            assert isinstance(step, reg.ProjectMilestoneReached)
-            reached[step.milestone] = date.fromisoformat(step.reached_on)
-        rules.record_milestone(reached, cmd)
-        event = NewEvent(cmd, self._p.clock.now(), Actor(caller.agency, role=caller.role))
-        (recorded,) = await self._p.events.append(stream, len(history), [event])
-        await self._p.projections.wait_for_stream(stream, recorded.version)
-        return recorded
+
+        def decide(state: ProjectState) -> Decision:
+            rules.record_milestone(state.reached, cmd)
+            return Accepted(cmd)
+
+        return await self._run(caller, PROJECT, project_stream(cmd.project_id), decide, 0)
 
     async def _declaration(self, site_id: str) -> SiteState | None:
         """The police's declaration of the site, if they declared it (from the log)."""
