@@ -319,7 +319,7 @@ def site_findings(
             yield f
 
 
-_DONE = {"designed": "designed", "built": "built", "accepted": "accepted", "in_use": "put into use"}
+_DONE = {"in_use": "put into use"}  # how a step reads after "were"; else its own name
 
 
 def project_findings(
@@ -356,7 +356,7 @@ def project_findings(
                 continue
             detail = (
                 f"the main works of project {doc['construction_project']} were"
-                f" {_DONE[step]} on {works}; the system "
+                f" {_DONE.get(step, step)} on {works}; the system "
             )
             if system is not None and system <= as_of:
                 status, detail = "resolved", detail + f"only on {system}"

@@ -411,8 +411,8 @@ def milestone_precheck(cmd: reg.ProjectMilestoneReached) -> None:
 
 def record_milestone(reached: dict[str, date], cmd: reg.ProjectMilestoneReached) -> None:
     """REG-5 (Wuhan 8 para 1, Xi'an 16): a step of a project's main works, each recorded once
-    and dated in the order of MILESTONES among the steps recorded."""
-    milestone_precheck(cmd)
+    and dated in the order of MILESTONES among the steps recorded (the command has passed
+    milestone_precheck)."""
     day, rank = date.fromisoformat(cmd.reached_on), MILESTONES.index(cmd.milestone)
     if cmd.milestone in reached:
         raise AlreadyExists(
