@@ -325,8 +325,12 @@ async def replay(
     db = SqliteDatabase(into)
     try:
         # the read models are rebuilt from the log at will: a power cut costs a rerun, so commits
-        # need not wait for the disk (with a file, synchronous=NORMAL fsyncs at every checkpoint)
+        # need not wait for the disk (with a file, synchronous=NORMAL fsyncs at every checkpoint);
+        # and a replay writes its documents once, in a few large transactions, to a file nobody
+        # reads meanwhile: a rollback journal writes them once, where WAL writes them twice
+        # (into the WAL, then into the file), a tenth of a 1M-event replay's time
         db.run_sync(lambda c: c.execute("PRAGMA synchronous=OFF"))
+        db.run_sync(lambda c: c.execute("PRAGMA journal_mode=DELETE"))
         reads = SqliteReadStore(db)
         await reads.drop_all()
         log_path = getattr(source, "path", None)

@@ -217,8 +217,10 @@ async def _fold_share(share: Share, projections: Sequence[StreamProjection], thr
     log_db = SqliteDatabase(share.log_path, read_only=True)
     reads_db = SqliteDatabase(share.into)
     try:
-        # the workers' files are scratch: a power cut costs a rerun, not lost data
+        # the workers' files are scratch: a power cut costs a rerun, not lost data, and a failed
+        # worker's file is thrown away, so it needs no journal to roll back with either
         reads_db.run_sync(lambda c: c.execute("PRAGMA synchronous=OFF"))
+        reads_db.run_sync(lambda c: c.execute("PRAGMA journal_mode=OFF"))
         source = SharedLog(log_db, share, through)
         return await fold_log(source, SqliteReadStore(reads_db), projections, share.until, None)
     finally:
