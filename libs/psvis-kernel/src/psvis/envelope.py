@@ -154,21 +154,19 @@ def _set_time(stamp: Timestamp, moment: datetime) -> None:
     stamp.SetInParent()  # present even when it is the epoch
 
 
-def _set_context(env: pb.EventEnvelope, event: NewEvent) -> None:
-    """occurred_at, actor and trace: the fields the events of one command usually share."""
-    _set_time(env.occurred_at, event.occurred_at)
-    actor, trace = env.actor, env.trace
-    actor.agency, actor.role = event.actor.agency, event.actor.role
-    del actor.officers[:]
-    actor.officers.extend(event.actor.officers)
-    actor.SetInParent()
-    trace.traceparent = event.trace.get("traceparent", "")
-    trace.tracestate = event.trace.get("tracestate", "")
-    trace.SetInParent()
+def _set_actor(env: pb.EventEnvelope, actor: Actor) -> None:
+    a = env.actor
+    a.agency, a.role = actor.agency, actor.role
+    del a.officers[:]
+    a.officers.extend(actor.officers)
+    a.SetInParent()
 
 
-def _same_context(a: NewEvent, b: NewEvent) -> bool:
-    return a.occurred_at == b.occurred_at and a.actor == b.actor and a.trace == b.trace
+def _set_trace(env: pb.EventEnvelope, trace: Mapping[str, str]) -> None:
+    t = env.trace
+    t.traceparent = trace.get("traceparent", "")
+    t.tracestate = trace.get("tracestate", "")
+    t.SetInParent()
 
 
 def citation_of(env: pb.EventEnvelope) -> Citation | None:
@@ -191,34 +189,94 @@ def seal_stream(
     """Seal events that follow a stream head, each linked to the one before it.
 
     Positions count up from first_position; -1 leaves them to the log (Kafka assigns them).
-    One envelope message is filled in and serialised once per event: every field an event
-    has of its own is set for each event, and the context fields (_set_context) again
-    whenever they change. Setting fields costs a fraction of building the message anew.
     """
-    out: list[RecordedEvent] = []
-    prev, version, position = head_hash, head_version, first_position
-    env = pb.EventEnvelope(stream_id=stream_id)
-    _set_time(env.recorded_at, recorded_at)
-    context_of: NewEvent | None = None  # the event whose context env holds
-    for event, event_id in zip(events, event_ids, strict=True):
-        if context_of is None or not _same_context(event, context_of):
-            _set_context(env, event)
-            context_of = event
-        version += 1
-        env.event_id, env.stream_version, env.type = event_id, version, event.type
-        env.causation_id, env.correlation_id = event.causation_id, event.correlation_id
-        env.payload = event.payload.SerializeToString(deterministic=True)
-        env.prev_hash = prev
-        if event.refusal is None:
-            env.ClearField("refusal")
-        else:
-            r = event.refusal
-            env.refusal.rule, env.refusal.article = r.rule, r.article
-            env.refusal.spec, env.refusal.reason = r.spec, r.reason
-            env.refusal.SetInParent()
-        data = env.SerializeToString(deterministic=True)
-        prev = event_hash(data)
-        out.append(RecordedEvent.sealed(position, stream_id, version, event_id, data, prev))
-        if first_position >= 0:
-            position += 1
-    return out
+    return Sealer().seal(
+        events,
+        event_ids,
+        stream_id=stream_id,
+        head_version=head_version,
+        head_hash=head_hash,
+        recorded_at=recorded_at,
+        first_position=first_position,
+    )
+
+
+class Sealer:
+    """seal_stream for a writer that seals one append after another, on one thread.
+
+    One envelope message is kept filled in, from event to event and from call to call, and
+    serialised once per event: every field an event has of its own is set for each event; the
+    stream, the recording time and the context fields (occurred_at, actor, trace) only when they
+    differ from what the message holds. Setting a field costs a fraction of building the
+    message anew, and an unchanged field costs nothing. A field is marked as held only once it
+    is set, so a failure half-way through a call leaves nothing stale for the next one.
+
+    A message keeps every value ever set on it in its arena until it is freed, so the message is
+    renewed every RENEW_AFTER events: memory stays bounded, at one fresh message per thousand.
+    """
+
+    RENEW_AFTER = 1000
+
+    def __init__(self) -> None:
+        self._renew()
+
+    def _renew(self) -> None:
+        self._env = pb.EventEnvelope()
+        self._sealed = 0  # events sealed with this message
+        self._stream_id: str | None = None
+        self._recorded_at: datetime | None = None
+        self._occurred_at: datetime | None = None
+        self._actor: Actor | None = None
+        self._trace: Mapping[str, str] | None = None
+
+    def seal(
+        self,
+        events: Sequence[NewEvent],
+        event_ids: Sequence[str],
+        *,
+        stream_id: str,
+        head_version: int,
+        head_hash: bytes,
+        recorded_at: datetime,
+        first_position: int = -1,
+    ) -> list[RecordedEvent]:
+        if self._sealed >= self.RENEW_AFTER:
+            self._renew()
+        self._sealed += len(events)
+        env = self._env
+        if stream_id != self._stream_id:
+            env.stream_id = stream_id
+            self._stream_id = stream_id
+        if recorded_at != self._recorded_at:
+            _set_time(env.recorded_at, recorded_at)
+            self._recorded_at = recorded_at
+        out: list[RecordedEvent] = []
+        prev, version, position = head_hash, head_version, first_position
+        for event, event_id in zip(events, event_ids, strict=True):
+            if event.occurred_at != self._occurred_at:
+                _set_time(env.occurred_at, event.occurred_at)
+                self._occurred_at = event.occurred_at
+            if event.actor is not self._actor and event.actor != self._actor:
+                _set_actor(env, event.actor)
+                self._actor = event.actor
+            if event.trace is not self._trace and event.trace != self._trace:
+                _set_trace(env, event.trace)
+                self._trace = event.trace
+            version += 1
+            env.event_id, env.stream_version, env.type = event_id, version, event.type
+            env.causation_id, env.correlation_id = event.causation_id, event.correlation_id
+            env.payload = event.payload.SerializeToString(deterministic=True)
+            env.prev_hash = prev
+            if event.refusal is None:
+                env.ClearField("refusal")
+            else:
+                r = event.refusal
+                env.refusal.rule, env.refusal.article = r.rule, r.article
+                env.refusal.spec, env.refusal.reason = r.spec, r.reason
+                env.refusal.SetInParent()
+            data = env.SerializeToString(deterministic=True)
+            prev = event_hash(data)
+            out.append(RecordedEvent.sealed(position, stream_id, version, event_id, data, prev))
+            if first_position >= 0:
+                position += 1
+        return out

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from google.protobuf.message import DecodeError
 
@@ -32,8 +31,12 @@ class LogSource(Protocol):
     async def wait_for_append(self, timeout: float) -> None: ...
 
 
-@dataclass(frozen=True)
-class StreamHead:
+class StreamHead(NamedTuple):
+    """A stream's last version and the hash of that event (b"" and 0 for a stream not begun).
+
+    A named tuple, not a dataclass: the embedded store makes one or two per append.
+    """
+
     version: int
     hash: bytes
 

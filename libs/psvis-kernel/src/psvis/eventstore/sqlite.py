@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from psvis.clock import Clock, IdSource
-from psvis.envelope import NewEvent, RecordedEvent, seal_stream
+from psvis.envelope import NewEvent, RecordedEvent, Sealer
 from psvis.errors import ConcurrencyConflict
 from psvis.eventstore.port import LogUnreadable, StoredRow, StreamHead, stored_events
 from psvis.eventstore.sqlite_index import IndexDisagrees, StreamIndex, check_history
@@ -66,7 +66,7 @@ def upgrade_schema(conn: sqlite3.Connection) -> None:
 UNYIELDED_APPENDS = 64
 
 
-@dataclass
+@dataclass(slots=True)
 class _Append:
     stream_id: str
     expected: int
@@ -98,7 +98,7 @@ class SqliteEventStore:
         self._ids = ids
         self.log_id = log_id
         self.path = db.path  # the log's file, which replay workers open for themselves
-        self._appended = asyncio.Event()
+        self._appended: asyncio.Event | None = None  # set by the next append, once awaited
         self._queue: list[tuple[_Append, asyncio.Future[list[RecordedEvent]]]] = []
         self._scheduled = False
         self._unyielded = 0  # appends written at once since the last queued one
@@ -106,6 +106,8 @@ class SqliteEventStore:
             # the appender's own connection would open a second, separate in-memory database
             raise ValueError("the embedded event store needs a database file, not :memory:")
         self._conn = connect(db.path)
+        self._cursor = self._conn.cursor()  # one cursor for every insert: no cursor per append
+        self._sealer = Sealer()
         upgrade_schema(self._conn)
         self._index = StreamIndex(self._conn)
         self._checkpointer = WalCheckpointer(self._conn, db.path)
@@ -152,8 +154,10 @@ class SqliteEventStore:
             results = self._write(group)
         except Exception as e:  # the transaction as a whole failed: nothing was written
             results = [e] * len(group)
-        self._appended.set()  # a new event for the next waiters: a wait() made but not yet
-        self._appended = asyncio.Event()  # started (wait_for's task) still sees this one set
+        appended = self._appended
+        if appended is not None:  # someone waits: the next waiters get an Event of their own,
+            self._appended = None  # while a wait() made but not yet started (wait_for's task)
+            appended.set()  # still sees this one set
         if self._index.due:
             self._flush_index()
         return results
@@ -171,8 +175,8 @@ class SqliteEventStore:
 
     def _write(self, group: list[_Append]) -> list[list[RecordedEvent] | Exception]:
         while True:
-            results, rows = self._index_checked(lambda: self._decide(group))
-            if any(isinstance(r, ConcurrencyConflict) for r in results) and self._index.behind():
+            results, rows, conflicted = self._index_checked(lambda: self._decide(group))
+            if conflicted and self._index.behind():
                 self._index.learn_from_log()  # the conflict may be with a head it has missed
                 continue
             try:
@@ -188,8 +192,11 @@ class SqliteEventStore:
 
     def _decide(
         self, group: list[_Append]
-    ) -> tuple[list[list[RecordedEvent] | Exception], list[RecordedEvent]]:
+    ) -> tuple[list[list[RecordedEvent] | Exception], list[RecordedEvent], bool]:
+        """Each append's sealed events or why it is refused; the rows to insert; and whether
+        any append found its stream at another version than it expected."""
         results: list[list[RecordedEvent] | Exception] = []
+        conflicted = False
         rows: list[RecordedEvent] = []
         heads: dict[str, StreamHead] = {}  # as they will be once this group is written
         position = self._index.known + 1
@@ -199,9 +206,10 @@ class SqliteEventStore:
                 results.append(
                     ConcurrencyConflict(request.stream_id, request.expected, head.version)
                 )
+                conflicted = True
                 continue
             try:
-                out = seal_stream(
+                out = self._sealer.seal(
                     request.events,
                     request.ids,
                     stream_id=request.stream_id,
@@ -218,12 +226,12 @@ class SqliteEventStore:
                 rows.extend(out)
                 position += len(out)
                 heads[request.stream_id] = StreamHead(out[-1].version, out[-1].hash)
-        return results, rows
+        return results, rows, conflicted
 
     def _insert(self, rows: list[RecordedEvent]) -> None:
         values = [(r.position, r.stream_id, r.data) for r in rows]
         if len(values) == 1:
-            self._conn.execute(INSERT, values[0])  # a transaction of its own
+            self._cursor.execute(INSERT, values[0])  # a transaction of its own
         elif values:
             in_transaction(self._conn, lambda c: c.executemany(INSERT, values))
         self._checkpointer.commits += 1
@@ -282,8 +290,11 @@ class SqliteEventStore:
 
     async def wait_for_append(self, timeout: float) -> None:
         """Woken by appends in this process; other processes' appends are seen on timeout."""
+        appended = self._appended
+        if appended is None:
+            appended = self._appended = asyncio.Event()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._appended.wait(), timeout)
+            await asyncio.wait_for(appended.wait(), timeout)
 
     async def log_size(self) -> int:
         (n,) = await self._db.run(
