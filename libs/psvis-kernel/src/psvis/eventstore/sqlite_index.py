@@ -113,7 +113,7 @@ class StreamIndex:
         """Know the events up to `upto` (in stream_index) and nothing in memory."""
         self.upto = self.known = upto  # every event <= upto is in stream_index
         self._tail: dict[str, list[tuple[int, int]]] = {}  # stream -> [(version, position)] > upto
-        self._pending: list[Entry] = []
+        self._tail_size = 0  # entries in _tail, all of them still to be written
         self._heads: dict[str, StreamHead] = {}
         self._number_of: dict[str, int] = {}
 
@@ -136,24 +136,30 @@ class StreamIndex:
     def appended(self, records: Sequence[RecordedEvent]) -> None:
         """Events this writer has just committed, in position order."""
         heads = self._heads
+        entries = []
         for r in records:
-            heads.pop(r.stream_id, None)  # re-inserted last: the cache drops the oldest first
-            heads[r.stream_id] = StreamHead(r.version, r.hash)
+            stream_id, version = r.stream_id, r.version
+            heads.pop(stream_id, None)  # re-inserted last: the cache drops the oldest first
+            heads[stream_id] = StreamHead(version, r.hash)
+            entries.append((stream_id, version, r.position))
         while len(heads) > HEADS_CACHED:
             del heads[next(iter(heads))]
-        self._add((r.stream_id, r.version, r.position) for r in records)
+        self._add(entries)
 
     def _add(self, entries: Iterable[Entry]) -> None:
+        tail, upto, known, added = self._tail, self.upto, self.known, 0
         for stream_id, version, position in entries:
-            if position > self.upto:
-                self._tail.setdefault(stream_id, []).append((version, position))
-                self._pending.append((stream_id, version, position))
-            self.known = max(self.known, position)
+            if position > upto:
+                tail.setdefault(stream_id, []).append((version, position))
+                added += 1
+            if position > known:
+                known = position
+        self.known, self._tail_size = known, self._tail_size + added
 
     @property
     def due(self) -> bool:
         """Whether the tail is long enough to be written (flush)."""
-        return len(self._pending) >= self._batch
+        return self._tail_size >= self._batch
 
     def head(self, stream_id: str) -> StreamHead:
         cached = self._heads.get(stream_id)
@@ -207,13 +213,15 @@ class StreamIndex:
 
     def flush(self) -> None:
         """Write the tail to stream_index in one transaction, in key order."""
-        if not self._pending:
+        if not self._tail_size:
             return
-        pending = self._pending
+        tail = self._tail
 
         def write(conn: sqlite3.Connection) -> int:
-            numbers = self._numbers({stream_id for stream_id, _, _ in pending})
-            rows = sorted((numbers[stream_id], v, p) for stream_id, v, p in pending)
+            numbers = self._numbers(set(tail))
+            rows = sorted(
+                (numbers[stream_id], v, p) for stream_id in tail for v, p in tail[stream_id]
+            )
             conn.executemany(
                 "INSERT OR IGNORE INTO stream_index (no, version, position) VALUES (?, ?, ?)", rows
             )
@@ -232,7 +240,7 @@ class StreamIndex:
         except BaseException:
             self._number_of.clear()  # numbers given out in the rolled-back transaction are gone
             raise
-        self.upto, self._pending, self._tail = upto, [], {}
+        self.upto, self._tail, self._tail_size = upto, {}, 0
 
     def _numbers(self, names: set[str]) -> dict[str, int]:
         """Each stream's number in `streams`, given one if it has none (inside a transaction)."""
