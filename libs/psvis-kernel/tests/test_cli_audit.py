@@ -11,11 +11,13 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kernel_fixtures import build_log, note
 from psvis.cli.client import CliError
 from psvis.cli.main import _written_whole
+from rich.progress import Progress, TaskID
 
 
 def psvis(*args: str) -> subprocess.CompletedProcess[str]:
@@ -216,3 +218,38 @@ def test_a_replay_into_a_file_that_fails_leaves_no_file(folder: Path, workers: s
                 "--workers", workers)  # fmt: skip
     assert run.returncode == 1 and "offset 33" in run.stderr, run.stderr
     assert not into.exists() and leftovers(folder, "out.db") == []
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE events SET position = 4611686018427387904 WHERE position = 12",  # moved far out
+        "INSERT INTO events VALUES (4611686018427387904, 's-0', x'00')",  # a row added there
+    ],
+    ids=["moved", "added"],
+)
+def test_verify_progress_total_is_bounded_by_the_rows_not_the_last_position(
+    folder: Path, statement: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """AUD-2: the log's size is its last position + 1 (2**62 + 1 here); the progress bar counts
+    to no more than the rows the table holds, as the verify itself goes by them."""
+    from psvis.cli import main as cli
+
+    edit(folder, statement)
+    totals: list[float | None] = []
+    shown = cli._progress
+
+    def recorded(label: str, total: int) -> Progress:
+        bar = shown(label, total)
+        add_task = bar.add_task
+
+        def add(description: str, **kwargs: Any) -> TaskID:
+            totals.append(kwargs.get("total"))
+            return add_task(description, **kwargs)
+
+        bar.add_task = add  # type: ignore[method-assign]
+        return bar
+
+    monkeypatch.setattr(cli, "_progress", recorded)
+    assert cli.main(["audit", "verify", "--data-dir", str(folder), "--json"]) == 1
+    assert totals == [36 + statement.startswith("INSERT")], totals  # the rows, not 2**62 + 1

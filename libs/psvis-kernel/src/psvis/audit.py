@@ -87,7 +87,7 @@ async def verify_store(
     path, size = getattr(events, "path", None), 0
     if path is not None:
         with contextlib.suppress(LogUnreadable):
-            size = await _offsets_to_span(events)
+            size = await events_to_check(events)
     if span_workers is None:
         span_workers = usable_cores() - 1 if size >= SPANS_FROM else 0
     if path is not None and span_workers > 0 and size > 0:
@@ -124,15 +124,18 @@ async def _first_position(events: Any) -> int | None:
         return None  # the pages' reading has read what could be read
 
 
-async def _offsets_to_span(events: Any) -> int:
-    """The offsets [0, n) that an embedded log's spans cover: its size (last position + 1),
-    but no more than the rows it holds.
+async def events_to_check(events: LogSource) -> int:
+    """The offsets [0, n) a verify of the log checks (and its progress counts to): the log's
+    size (last position + 1), but no more than the rows an embedded log's table holds.
 
     A row moved to a huge position (the table edited) must not make a plan of spans that
-    size, which could not be held in memory: with fewer rows than offsets, the rows fall short
-    of the offsets in some span within the first n, which names the first missing one.
+    size, which could not be held in memory, nor a progress bar that long: with fewer rows than
+    offsets, the rows fall short of the offsets in some span within the first n, which names
+    the first missing one.
     """
-    return int(min(await events.log_size(), await events.row_count()))
+    size = await events.log_size()
+    row_count = getattr(events, "row_count", None)
+    return size if row_count is None else int(min(size, await row_count()))
 
 
 async def _check_in_spans(

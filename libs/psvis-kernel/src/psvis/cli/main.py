@@ -160,7 +160,7 @@ def _progress(label: str, total: int) -> Progress:
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    from psvis.audit import verify_store
+    from psvis.audit import events_to_check, verify_store
     from psvis.eventstore.port import LogUnreadable
     from psvis.signing import key_id, load_public_key, public_path
 
@@ -176,7 +176,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         log = await open_for_audit(settings)
         try:
             try:
-                total = await log.events.log_size()
+                total = await events_to_check(log.events)
             except LogUnreadable:
                 total = 0  # verify_store reports it
             with _progress("verifying", total) as bar:
