@@ -23,8 +23,9 @@ from psvis import audit, workers
 from psvis.audit import verify_store
 from psvis.clock import SequentialIds
 from psvis.eventstore.port import StoredRow
-from psvis.eventstore.sqlite import SqliteEventStore
+from psvis.eventstore.sqlite import SqliteEventStore, SqliteLogReader
 from psvis.signing import Signer
+from psvis.sqlite_db import SqliteDatabase
 from psvis.workers import WorkerProcess
 
 
@@ -209,6 +210,30 @@ async def test_aud1_an_event_at_a_huge_position_is_found_in_memory_bounded_by_th
     assert not report["ok"], report
     assert (report["failure"]["offset"], report["failure"]["check"]) == (offset, "offset")
     assert f"found {offset + 1 if moved is not None else huge}" in report["failure"]["detail"]
+
+
+@pytest.mark.parametrize("reader", ["event-store", "read-only-log"])
+async def test_aud2_verify_reads_the_tables_rows_and_least_position_in_one_statement(
+    tmp_path: Path, reader: str
+) -> None:
+    """The rows the events table holds (which bound the offsets checked) and the least position
+    among them (a row put before offset 0) come from one statement, not a scan and a query
+    each; the report is the one it was."""
+    log = await build_log(tmp_path)
+    tamper(tmp_path, ("INSERT INTO events VALUES (-3, 's-0', ?)", (data_at(tmp_path, 3),)))
+    db, events = log.db, log.store
+    if reader == "read-only-log":
+        db = SqliteDatabase(tmp_path / "psvis.db", read_only=True)
+        events = SqliteLogReader(db)  # type: ignore[assignment]
+    statements: list[str] = []
+    db.run_sync(lambda c: c.set_trace_callback(statements.append))
+    report = await verify_store(events, log.checkpoints, [log.signer.public])
+    db.run_sync(lambda c: c.set_trace_callback(None))
+    if db is not log.db:
+        await db.close()
+    assert (report.failure and report.failure.offset, report.ok) == (-3, False), report
+    counted = [s for s in statements if "COUNT(" in s.upper() or "MIN(" in s.upper()]
+    assert len(counted) == 1, counted
 
 
 @pytest.mark.parametrize("position", [-1, -5, -(2**62)])

@@ -11,12 +11,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Sequen
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, cast
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from psvis.checkpoints import CheckpointStore
-from psvis.eventstore.port import LogSource, LogUnreadable, StoredRow
+from psvis.eventstore.port import LogSource, LogUnreadable, StoredExtent, StoredRow
 from psvis.eventstore.sqlite_spans import check_span_file
 from psvis.projection import StreamProjection
 from psvis.readstore.port import ReadStore, canonical_digest
@@ -84,16 +83,16 @@ async def verify_store(
     verifier = LogVerifier(
         events.log_id, records, {key_id(k): k for k in keys}, max_unsigned, size_before
     )
-    path, size = getattr(events, "path", None), 0
+    path, size, first = getattr(events, "path", None), 0, None
     if path is not None:
-        with contextlib.suppress(LogUnreadable):
-            size = await events_to_check(events)
+        with contextlib.suppress(LogUnreadable):  # the pages' reading reports it
+            size, first = await _offsets_and_first(events)
     if span_workers is None:
         span_workers = usable_cores() - 1 if size >= SPANS_FROM else 0
     if path is not None and span_workers > 0 and size > 0:
         with contextlib.suppress(_Stop):
             await _check_in_spans(verifier, path, size, span_workers, progress)
-            verifier.finish(await _first_position(events))
+            verifier.finish(first)
         return verifier.report
     if ledger_worker is None:
         ledger_worker = bool(records) and records[-1].tree_size >= LEDGER_WORKER_FROM
@@ -107,21 +106,10 @@ async def verify_store(
             if not ledger.applied:
                 verifier.apply_ledger(await _settled(ledger, verifier))
             if verifier.report.ok:
-                verifier.finish(await _first_position(events))
+                verifier.finish(first)
         except _Stop:
             pass
     return verifier.report
-
-
-async def _first_position(events: Any) -> int | None:
-    """The least position an embedded log's table holds (None where the store cannot say)."""
-    first = getattr(events, "first_position", None)
-    if first is None:
-        return None
-    try:
-        return cast(int | None, await first())
-    except LogUnreadable:
-        return None  # the pages' reading has read what could be read
 
 
 async def events_to_check(events: LogSource) -> int:
@@ -133,9 +121,19 @@ async def events_to_check(events: LogSource) -> int:
     offsets, the rows fall short of the offsets in some span within the first n, which names
     the first missing one.
     """
+    size, _ = await _offsets_and_first(events)
+    return size
+
+
+async def _offsets_and_first(events: LogSource) -> tuple[int, int | None]:
+    """events_to_check, and the least position an embedded log's table holds (None where the
+    store cannot say): pages are read from offset 0, so a row put before it is found only so."""
     size = await events.log_size()
-    row_count = getattr(events, "row_count", None)
-    return size if row_count is None else int(min(size, await row_count()))
+    stored_extent = getattr(events, "stored_extent", None)
+    if stored_extent is None:
+        return size, None
+    extent: StoredExtent = await stored_extent()
+    return min(size, extent.rows), extent.first_position
 
 
 async def _check_in_spans(

@@ -19,6 +19,16 @@ class LogUnreadable(Exception):
 StoredRow = tuple[int, bytes, bytes | None]
 
 
+@dataclass(frozen=True)
+class StoredExtent:
+    """What an embedded log's table holds, which audit verify checks the offsets against: its
+    rows (the log's size, unless rows are missing or misplaced) and the least position among
+    them (0, unless a row was put before the log's start; None for an empty table)."""
+
+    rows: int
+    first_position: int | None
+
+
 class LogSource(Protocol):
     """What an audit reads: the log in order, as stored."""
 

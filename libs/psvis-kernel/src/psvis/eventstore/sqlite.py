@@ -14,7 +14,13 @@ from typing import Any, TypeVar
 from psvis.clock import Clock, IdSource
 from psvis.envelope import NewEvent, RecordedEvent, Sealer
 from psvis.errors import ConcurrencyConflict
-from psvis.eventstore.port import LogUnreadable, StoredRow, StreamHead, stored_events
+from psvis.eventstore.port import (
+    LogUnreadable,
+    StoredExtent,
+    StoredRow,
+    StreamHead,
+    stored_events,
+)
 from psvis.eventstore.sqlite_index import IndexDisagrees, StreamIndex, check_history
 from psvis.eventstore.sqlite_spans import STORED_ROWS
 from psvis.sqlite_conn import connect, in_transaction
@@ -37,8 +43,9 @@ CREATE TABLE IF NOT EXISTS events (
 INSERT = "INSERT INTO events (position, stream_id, data) VALUES (?, ?, ?)"
 # the stored rows (sqlite_spans.STORED_ROWS) of a page after a position
 PAGE_BYTES = STORED_ROWS + " WHERE position > ? ORDER BY position LIMIT ?"
-ROW_COUNT = "SELECT COUNT(*) FROM events"
-FIRST_POSITION = "SELECT MIN(position) FROM events"  # 0, or None for an empty log
+# the rows and the least position (StoredExtent) in one statement: one scan to count, and a
+# seek for the least (COUNT(*) and MIN(position) side by side would read every row for both)
+STORED_EXTENT = "SELECT (SELECT COUNT(*) FROM events), (SELECT MIN(position) FROM events)"
 # a log written before the events table lost its version and event_id columns
 _OLD_COLUMNS = {"position", "stream_id", "version", "event_id", "data"}
 
@@ -302,15 +309,9 @@ class SqliteEventStore:
         )
         return int(n)
 
-    async def row_count(self) -> int:
-        """The rows the events table holds: log_size, unless rows are missing or misplaced."""
-        (n,) = await self._db.run(lambda c: c.execute(ROW_COUNT).fetchone())
-        return int(n)
-
-    async def first_position(self) -> int | None:
-        """The least position a row holds: 0, unless a row was put before the log's start."""
-        (first,) = await self._db.run(lambda c: c.execute(FIRST_POSITION).fetchone())
-        return None if first is None else int(first)
+    async def stored_extent(self) -> StoredExtent:
+        """The rows the events table holds and their least position (STORED_EXTENT)."""
+        return _extent(await self._db.run(lambda c: c.execute(STORED_EXTENT).fetchone()))
 
     async def close(self) -> None:
         """Write the stream index and close this store's connection (the database is the opener's)."""
@@ -339,6 +340,11 @@ def _still_disagrees(disagreement: IndexDisagrees) -> LogUnreadable:
         f"{disagreement}, even rebuilt from the log: the log's events of"
         f" {disagreement.stream_id!r} are not its versions 1..n; run `psvis audit verify`"
     )
+
+
+def _extent(row: tuple[int, int | None]) -> StoredExtent:
+    rows, first = row
+    return StoredExtent(int(rows), None if first is None else int(first))
 
 
 def _log_page(conn: sqlite3.Connection, after: int, limit: int) -> list[tuple[int, bytes]]:
@@ -372,15 +378,10 @@ class SqliteLogReader:
         [(n,)] = await self._read("SELECT COALESCE(MAX(position), -1) + 1 FROM events", ())
         return int(n)
 
-    async def row_count(self) -> int:
-        """The rows the events table holds: log_size, unless rows are missing or misplaced."""
-        [(n,)] = await self._read(ROW_COUNT, ())
-        return int(n)
-
-    async def first_position(self) -> int | None:
-        """The least position a row holds: 0, unless a row was put before the log's start."""
-        [(first,)] = await self._read(FIRST_POSITION, ())
-        return None if first is None else int(first)
+    async def stored_extent(self) -> StoredExtent:
+        """The rows the events table holds and their least position (STORED_EXTENT)."""
+        [row] = await self._read(STORED_EXTENT, ())
+        return _extent(row)
 
     async def wait_for_append(self, timeout: float) -> None:
         """An audit reads what is stored; what is appended meanwhile, it reads next time."""
