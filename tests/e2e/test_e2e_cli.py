@@ -101,8 +101,8 @@ async def test_errors_reach_a_json_reader_on_stdout_and_a_person_on_stderr(platf
     assert denied.status == 1 and denied.json["error"]["code"] == "PERMISSION_DENIED"
     unknown = await psvis(platform, settings, "list", "--json", identity="nobody-here")
     assert unknown.status == 2 and unknown.json["error"]["code"] == "CLIENT_ERROR"
-    assert "nobody-here.crt not found" in unknown.json["error"]["message"]
-    assert "nobody-here.crt not found" in unknown.stderr
+    assert "nobody-here.crt is missing; start the platform once" in unknown.json["error"]["message"]
+    assert "nobody-here.crt is missing" in unknown.stderr
 
 
 async def test_a_construction_projects_milestone_through_the_cli(platform, settings):
@@ -130,19 +130,20 @@ async def test_a_construction_projects_milestone_through_the_cli(platform, setti
 async def test_a_certificate_or_key_file_that_is_not_pem_is_named(
     platform, settings, tmp_path, damaged, what
 ):
-    """Not gRPC's "UNAVAILABLE: empty address list": the file at fault, in one line."""
+    """Not gRPC's "UNAVAILABLE: empty address list": the file at fault, in one line, as the
+    user's TLS configuration found wrong before calling (exit 2, as a missing file is)."""
     pki = tmp_path / "copied-pki"
     shutil.copytree(settings.pki_dir, pki)
     (pki / damaged).write_text("Zm9vYmFyIHJhbmRvbSB0ZXh0\nnot a PEM file at all\n")
     run = await psvis(platform, settings, "list", "--json", pki=pki)
-    assert run.status == 1 and run.json["error"]["code"] == "UNAVAILABLE", run
+    assert run.status == 2 and run.json["error"]["code"] == "CLIENT_ERROR", run
     message = run.json["error"]["message"]
     assert message == f"{pki / damaged} is not a valid PEM {what}", message
     assert "address" not in run.stderr and len(run.stderr.strip().splitlines()) == 1, run.stderr
     swapped = "dev-unit.key" if damaged.endswith(".crt") else "dev-unit.crt"  # PEM, but not this
     shutil.copyfile(settings.pki_dir / swapped, pki / damaged)
     run = await psvis(platform, settings, "list", "--json", pki=pki)
-    assert run.status == 1 and f"{pki / damaged} is not a valid PEM {what}" in run.stderr, run
+    assert run.status == 2 and f"{pki / damaged} is not a valid PEM {what}" in run.stderr, run
 
 
 async def test_an_encrypted_key_file_is_named_as_such(platform, settings, tmp_path):
@@ -155,7 +156,7 @@ async def test_an_encrypted_key_file_is_named_as_such(platform, settings, tmp_pa
         key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, locked)
     )
     run = await psvis(platform, settings, "list", pki=pki)
-    assert run.status == 1, run
+    assert run.status == 2, run
     assert f"{pki / 'dev-unit.key'} is an encrypted private key" in run.stderr, run.stderr
 
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from psvis.pki import ensure_dev_pki
 
 
@@ -167,3 +168,51 @@ def test_what_the_machine_or_the_data_folder_says_is_one_line_not_a_traceback(tm
         )  # fmt: skip
         assert run.returncode in (1, 2) and "Traceback" not in run.stderr, (args, run.stderr)
         assert message in run.stderr + run.stdout, (args, run.stderr, run.stdout)
+
+
+TLS_DAMAGES = {
+    "missing": (lambda path: path.unlink(), "is missing"),
+    "unreadable": (lambda path: (path.unlink(), path.mkdir()), "cannot be read: Is a directory"),
+    "not-pem": (lambda path: path.write_text("not PEM at all\n"), "is not a valid PEM"),
+}
+
+
+@pytest.mark.parametrize("damage", list(TLS_DAMAGES))
+@pytest.mark.parametrize(
+    ("command", "file"),
+    [
+        (["serve", "--listen", "127.0.0.1:0"], "server.crt"),
+        (["serve", "--listen", "127.0.0.1:0"], "server.key"),
+        (["registry", "list", "--server", "localhost:1", "--as", "dev-unit"], "dev-unit.key"),
+        (["registry", "list", "--server", "localhost:1", "--as", "dev-unit"], "ca.crt"),
+        (["certs", "issue", "district-7", "police"], "ca.crt"),
+    ],
+    ids=[
+        "serve-server.crt",
+        "serve-server.key",
+        "client-dev-unit.key",
+        "client-ca.crt",
+        "certs-issue-ca.crt",
+    ],
+)
+def test_a_tls_file_missing_unreadable_or_not_pem_is_a_client_error_naming_it(
+    tmp_path: Path, command: list[str], file: str, damage: str
+) -> None:
+    """The user's TLS configuration is wrong, whichever way: one exit status (2, CLIENT_ERROR,
+    a problem found before calling) and one line naming the file and what is wrong with it."""
+    data = tmp_path / "data"
+    pki = ensure_dev_pki(data / "pki")
+    spoil, problem = TLS_DAMAGES[damage]
+    spoil(pki / file)
+    client = command[0] == "registry"
+    where = ["--pki", str(pki), "--json"] if client else ["--data-dir", str(data)]
+    run = subprocess.run(
+        [sys.executable, "-m", "psvis.cli.main", *command, *where],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )  # fmt: skip
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+    [line] = run.stderr.strip().splitlines()
+    assert line.startswith(f"error: {pki / file} {problem}"), line
+    if client:  # a script reading --json learns the same
+        error = json.loads(run.stdout)["error"]
+        assert error["code"] == "CLIENT_ERROR" and f"error: {error['message']}" == line, error

@@ -129,7 +129,7 @@ class ErrorMapping(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
 
 def server_credentials(pki: Path) -> grpc.ServerCredentials:
-    """The server's mutual TLS from the PKI folder; ValueError names a file that is not PEM."""
+    """The server's mutual TLS from the PKI folder; TlsFileError names a file it cannot use."""
     return grpc.ssl_server_credentials(
         [(pem_private_key(pki / "server.key"), pem_certificates(pki / "server.crt"))],
         root_certificates=pem_certificates(pki / "ca.crt"),
@@ -138,11 +138,11 @@ def server_credentials(pki: Path) -> grpc.ServerCredentials:
 
 
 def channel_credentials(ca: Path, cert: Path, key: Path) -> grpc.ChannelCredentials:
-    """A client's mutual TLS; ValueError names a file that is not PEM."""
+    """A client's mutual TLS; TlsFileError names a file it cannot use."""
     return grpc.ssl_channel_credentials(
-        root_certificates=pem_certificates(ca),
-        private_key=pem_private_key(key),
-        certificate_chain=pem_certificates(cert),
+        root_certificates=pem_certificates(ca),  # read in this order: the first file at fault
+        certificate_chain=pem_certificates(cert),  # is named, the agency's certificate before
+        private_key=pem_private_key(key),  # its key
     )
 
 

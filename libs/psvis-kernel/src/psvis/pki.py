@@ -107,12 +107,14 @@ def ensure_dev_pki(folder: Path, hosts: tuple[str, ...] = ("localhost", "127.0.0
 def issue_client(
     folder: Path, agency: str, role: str, *, ca_key: ec.EllipticCurvePrivateKey | None = None
 ) -> Identity:
-    """A client certificate for an agency acting in a role, signed by the folder's CA."""
+    """A client certificate for an agency acting in a role, signed by the folder's CA.
+
+    TlsFileError names a CA file that is missing, unreadable or not PEM."""
     if ca_key is None:
-        loaded = serialization.load_pem_private_key((folder / "ca.key").read_bytes(), None)
+        loaded = serialization.load_pem_private_key(pem_private_key(folder / "ca.key"), None)
         assert isinstance(loaded, ec.EllipticCurvePrivateKey)
         ca_key = loaded
-    ca_cert = x509.load_pem_x509_certificate((folder / "ca.crt").read_bytes())
+    ca_cert = x509.load_pem_x509_certificate(pem_certificates(folder / "ca.crt"))
     key = ec.generate_private_key(ec.SECP256R1())
     cert = _issue(_name(agency, role), key, ca_cert.subject, ca_key)
     return _write(folder, agency, key, cert)
@@ -122,27 +124,48 @@ def identity(folder: Path, name: str) -> Identity:
     return Identity(folder / f"{name}.crt", folder / f"{name}.key")
 
 
+class TlsFileError(ValueError):
+    """A certificate or key file that mutual TLS cannot use: missing, unreadable or not PEM.
+
+    The message names the file and what is wrong with it; `missing` says which of these it is
+    (a client suggests where the files come from).
+    """
+
+    def __init__(self, path: Path, problem: str, *, missing: bool = False) -> None:
+        super().__init__(f"{path} {problem}")
+        self.path, self.missing = path, missing
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise TlsFileError(path, "is missing", missing=True) from None
+    except OSError as e:
+        raise TlsFileError(path, f"cannot be read: {e.strerror or e}") from None
+
+
 def pem_certificates(path: Path) -> bytes:
     """The file's bytes, which must hold PEM certificates (one, or a chain).
 
-    ValueError naming the file otherwise: gRPC would take the bytes and fail later, saying
+    TlsFileError naming the file otherwise: gRPC would take the bytes and fail later, saying
     something about the network ("empty address list", "failed to bind").
     """
-    data = path.read_bytes()
+    data = _read(path)
     try:
         x509.load_pem_x509_certificates(data)
     except ValueError:
-        raise ValueError(f"{path} is not a valid PEM certificate") from None
+        raise TlsFileError(path, "is not a valid PEM certificate") from None
     return data
 
 
 def pem_private_key(path: Path) -> bytes:
-    """The file's bytes, which must hold an unencrypted PEM private key (else ValueError)."""
-    data = path.read_bytes()
+    """The file's bytes, which must hold an unencrypted PEM private key (else TlsFileError)."""
+    data = _read(path)
     try:
         serialization.load_pem_private_key(data, password=None)
     except TypeError:  # encrypted: gRPC takes no password
-        raise ValueError(f"{path} is an encrypted private key; give it unencrypted") from None
+        raise TlsFileError(path, "is an encrypted private key; give it unencrypted") from None
     except (ValueError, UnsupportedAlgorithm):
-        raise ValueError(f"{path} is not a valid PEM private key") from None
+        raise TlsFileError(path, "is not a valid PEM private key") from None
     return data

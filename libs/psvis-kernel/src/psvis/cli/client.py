@@ -17,6 +17,7 @@ from google.protobuf.json_format import MessageToDict, ParseDict
 from google.protobuf.message import Message
 
 from psvis.grpc_server import channel_credentials
+from psvis.pki import TlsFileError
 
 M = TypeVar("M", bound=Message)
 
@@ -63,13 +64,11 @@ def add_connection_flags(parser: argparse.ArgumentParser) -> None:
 def channel(args: argparse.Namespace) -> grpc.aio.Channel:
     pki: Path = args.pki
     cert, key = pki / f"{args.identity}.crt", pki / f"{args.identity}.key"
-    for path in (pki / "ca.crt", cert, key):
-        if not path.exists():
-            raise CliError(f"{path} not found; start the platform once (make run) or pass --pki")
     try:
         credentials = channel_credentials(pki / "ca.crt", cert, key)
-    except ValueError as e:  # a damaged file, as an unreadable one is (main: UNAVAILABLE)
-        raise CliError(str(e), status=1, code="UNAVAILABLE") from None
+    except TlsFileError as e:  # the user's TLS configuration: found before calling (exit 2)
+        where = "; start the platform once (make run) or pass --pki" if e.missing else ""
+        raise CliError(f"{e}{where}") from None
     return grpc.aio.secure_channel(args.server, credentials)
 
 

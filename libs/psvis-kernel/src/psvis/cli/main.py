@@ -90,7 +90,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     try:
         asyncio.run(serve(settings, ready))
-    except (RulePackError, RuntimeError, ValueError) as e:
+    except (RulePackError, RuntimeError, ValueError) as e:  # TlsFileError among them
         raise CliError(str(e)) from None
     return 0
 
@@ -352,7 +352,7 @@ def _put_in_place(written: Path, target: Path) -> None:
 
 
 def cmd_certs_issue(args: argparse.Namespace) -> int:
-    from psvis.pki import issue_client
+    from psvis.pki import TlsFileError, issue_client
     from psvis.validate import IDENTIFIER
 
     settings = _settings(args)
@@ -366,7 +366,10 @@ def cmd_certs_issue(args: argparse.Namespace) -> int:
             f"no development CA in {settings.pki_dir}"
             " (the platform makes one when it first starts on that data folder)"
         )
-    identity = issue_client(settings.pki_dir, args.agency, args.role)
+    try:
+        identity = issue_client(settings.pki_dir, args.agency, args.role)
+    except TlsFileError as e:  # the user's TLS configuration, as for the clients and serve
+        raise CliError(str(e)) from None
     out.print(f"issued {identity.cert} for {args.agency} as {args.role}")
     return 0
 
