@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from kernel_fixtures import build_log, note
 from psvis.cli.client import CliError
-from psvis.cli.main import _written_whole
+from psvis.cli.written import written_whole
 from rich.progress import Progress, TaskID
 
 
@@ -189,12 +189,12 @@ def test_a_replay_is_put_at_into_whole_and_never_over_a_file(
     """Interrupted: nothing is left. A file that appeared at --into while the replay ran is
     kept, as one there before is. Without hard links (FAT), a rename puts it there."""
     target = tmp_path / "out.db"
-    with pytest.raises(KeyboardInterrupt), _written_whole(target) as written:
+    with pytest.raises(KeyboardInterrupt), written_whole(target) as written:
         Path(written).write_bytes(b"half")
         raise KeyboardInterrupt
     assert list(tmp_path.iterdir()) == []
     appeared = pytest.raises(CliError, match="appeared while the replay ran")
-    with appeared, _written_whole(target) as written:
+    with appeared, written_whole(target) as written:
         Path(written).write_bytes(b"replayed")
         target.write_bytes(b"someone's")
     assert target.read_bytes() == b"someone's" and leftovers(tmp_path, "out.db") == []
@@ -204,7 +204,7 @@ def test_a_replay_is_put_at_into_whole_and_never_over_a_file(
         raise PermissionError("no hard links here")
 
     monkeypatch.setattr(os, "link", no_links)
-    with _written_whole(target) as written:
+    with written_whole(target) as written:
         Path(written).write_bytes(b"replayed")
     assert target.read_bytes() == b"replayed" and leftovers(tmp_path, "out.db") == []
 
@@ -253,3 +253,34 @@ def test_verify_progress_total_is_bounded_by_the_rows_not_the_last_position(
     monkeypatch.setattr(cli, "_progress", recorded)
     assert cli.main(["audit", "verify", "--data-dir", str(folder), "--json"]) == 1
     assert totals == [36 + statement.startswith("INSERT")], totals  # the rows, not 2**62 + 1
+
+
+def test_a_replay_into_removes_partials_left_by_dead_replays_never_a_live_ones(
+    folder: Path,
+) -> None:
+    """AUD-3: a replay killed outright (SIGKILL) leaves its partial file, named with its pid, and
+    SQLite's journals; the next replay into the same file removes them once that pid has ended.
+    A running replay's partial, another file's, and one whose writer cannot be told, are kept."""
+    with written_whole(folder / "probe.db") as written:
+        assert Path(written).name.startswith(f".probe.db.{os.getpid()}."), written
+        Path(written).write_bytes(b"replayed")
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()  # reaped: its pid runs nothing now
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        dead = [f".out.db.{ended.pid}.0badf00d.partial{end}" for end in ("", "-journal", "-wal")]
+        kept = [
+            f".out.db.{running.pid}.5eed5eed.partial",
+            f".out.db.{running.pid}.5eed5eed.partial-journal",
+            f".other.db.{ended.pid}.0badf00d.partial",  # another target's
+            ".out.db.0badf00d.partial",  # no pid in its name: whose it is cannot be told
+        ]
+        for name in dead + kept:
+            (folder / name).write_bytes(b"half a replay")
+        run = psvis("audit", "replay", "--data-dir", str(folder), "--into", str(folder / "out.db"))
+        assert run.returncode == 0, run.stderr
+        assert (folder / "out.db").is_file()
+        assert sorted(p.name for p in folder.iterdir() if p.name.startswith(".")) == sorted(kept)
+    finally:
+        running.kill()
+        running.wait()

@@ -7,11 +7,10 @@ import asyncio
 import json
 import logging
 import os
-import secrets
 import sqlite3
 import sys
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Sequence
+from contextlib import nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
@@ -21,6 +20,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from psvis.cli.client import CliError, default_pki, default_server, whole
+from psvis.cli.written import written_whole
 from psvis.errors import PsvisError
 from psvis.platform import discover_services
 from psvis.rulepack import RulePackError, check_requirements, load_pack
@@ -297,7 +297,7 @@ def cmd_audit_replay(args: argparse.Namespace) -> int:
         finally:
             await log.close()
 
-    with _written_whole(Path(args.into)) if args.into else nullcontext(":memory:") as into:
+    with written_whole(Path(args.into)) if args.into else nullcontext(":memory:") as into:
         outcome = asyncio.run(run(into))
         if isinstance(outcome, str):
             raise CliError(outcome, status=1, code="LOG_UNREADABLE")
@@ -321,34 +321,6 @@ def cmd_audit_replay(args: argparse.Namespace) -> int:
                 " --into FILE keeps them)"
             )
     return 0
-
-
-@contextmanager
-def _written_whole(target: Path) -> Iterator[str]:
-    """A new file beside `target` to write, put at `target` once the block succeeds and
-    removed if it fails (or is interrupted): a replay that fails leaves no half-written file.
-
-    A file that appeared at `target` meanwhile is kept, as one there before is (CliError).
-    """
-    written = target.with_name(f".{target.name}.{secrets.token_hex(4)}.partial")
-    try:
-        yield str(written)
-        _put_in_place(written, target)
-    finally:
-        for end in ("", "-wal", "-shm", "-journal"):  # SQLite's, should it have left them
-            Path(f"{written}{end}").unlink(missing_ok=True)
-
-
-def _put_in_place(written: Path, target: Path) -> None:
-    appeared = CliError(f"{target} appeared while the replay ran; it is left as it was")
-    try:
-        os.link(written, target)  # unlike a rename, it never replaces a file at target
-    except FileExistsError:
-        raise appeared from None
-    except OSError:  # a file system without hard links (FAT): a rename, if nothing is there
-        if target.exists():
-            raise appeared from None
-        written.rename(target)
 
 
 def cmd_certs_issue(args: argparse.Namespace) -> int:
