@@ -203,3 +203,17 @@ async def test_reg2_a_relocation_places_each_camera_given_by_flags(platform, set
     assert (hit["system_id"], hit["camera"]["camera_id"]) == ("gate-3", "cam-1")
     assert hit["camera"]["location"] == {"longitude": 114.41, "latitude": 30.51, "crs": ""}
     assert hit["camera"]["address_code"] == "420111001"
+
+
+async def test_reg9_personnel_are_on_file_from_the_day_given_by_on(platform, settings):
+    """REG-9: `personnel --on` is the day the person was put on file, required like every
+    command's date; findings as of that day on see them."""
+    registered = MessageToDict(system("gate-4"), preserving_proto_field_name=True)
+    await psvis(platform, settings, "register", "--data", json.dumps(registered))
+    who = ["personnel", "gate-4", "--person", "p-1", "--name", "Wang Li", "--duty", "monitoring"]
+    run = await psvis(platform, settings, *who)
+    assert run.status == 2 and "--on" in run.stderr, run
+    run = await psvis(platform, settings, *who, "--on", "2024-03-05", "--trained-on", "2024-03-01")
+    assert run.status == 0 and "system-gate-4 is at version 2" in run.stdout, run.stderr
+    view = (await psvis(platform, settings, "get", "gate-4", "--json")).json
+    assert [p["on_file_since"] for p in view["personnel"]] == ["2024-03-05"]

@@ -41,10 +41,12 @@ async def signage(stub, sid: str, cams: list[str], on: str = "2024-01-20"):
         system_id=sid, signage=reg.SignageInstalled(camera_ids=cams, installed_on=on)))  # fmt: skip
 
 
-async def person(stub, sid: str, pid: str, trained: str = "", filed: str = ""):
+async def person(
+    stub, sid: str, pid: str, trained: str = "", filed: str = "", on: str = "2024-01-15"
+):
     p = reg.MonitoringPersonnelRegistered(person_id=pid, name="Wang", duty="monitoring",
                                           trained_on=trained, training_course="basic" if trained else "",
-                                          filed_with_police_on=filed)  # fmt: skip
+                                          filed_with_police_on=filed, on_file_since=on)  # fmt: skip
     return await stub.RegisterMonitoringPersonnel(
         reg.RegisterMonitoringPersonnelRequest(system_id=sid, person=p)
     )
@@ -235,8 +237,60 @@ async def test_reg9_a_later_training_does_not_undo_an_earlier_one(clients):
     ]
 
 
+async def test_reg9_staff_count_from_the_day_they_are_on_file(clients):
+    """REG-9 (Wuhan 16(2)): findings as of a day before a person was put on file do not count
+    them; "nobody on file" is open until the first person is, then resolved with that day."""
+    sid = await in_use_system(clients.unit)
+    await person(
+        clients.unit, sid, "p-1", trained="2024-01-10", filed="2024-01-12", on="2024-03-05"
+    )
+    (f,) = await findings(clients.police, "2024-03-04", "REG-9", f"system-{sid}")
+    assert (f.status, f.since, f.article) == ("open", "2024-02-01", "Wuhan 16(2)")
+    assert "no monitoring staff on file" in f.detail
+    (f,) = await findings(clients.police, "2024-03-05", "REG-9", f"system-{sid}")
+    assert (f.status, f.since, f.article) == ("resolved", "2024-02-01", "Wuhan 16(2)")
+    assert "until 2024-03-05" in f.detail
+    assert (await findings(clients.police, "2024-06-01", "REG-9", f"system-{sid}")) == [f]
+
+
+@XIAN
+async def test_reg9_xian_a_persons_own_findings_start_when_they_are_on_file(clients):
+    """REG-9 (Xi'an 22(2)): an untrained person is a finding only from the day they are on file."""
+    sid = await register(clients.unit, xian_system())
+    await into_use(clients.unit, sid)  # 2024-02-01
+    await person(clients.unit, sid, "p-1", on="2024-03-05")
+    (f,) = await findings(clients.police, "2024-03-01", "REG-9", f"system-{sid}")
+    assert (f.status, f.article) == ("open", "Xi'an 22(3)") and "p-1" not in f.detail
+    nobody, untrained = await findings(clients.police, "2024-03-10", "REG-9", f"system-{sid}")
+    assert (nobody.status, nobody.article, nobody.since) == (
+        "resolved",
+        "Xi'an 22(3)",
+        "2024-02-01",
+    )
+    assert (untrained.status, untrained.article, untrained.since) == (
+        "open",
+        "Xi'an 22(2)",
+        "2024-03-05",
+    )
+    assert "p-1 has no recorded training" in untrained.detail
+
+
+async def test_reg9_a_person_registered_again_stays_on_file_since_the_first_day(clients):
+    sid = await in_use_system(clients.unit)
+    await person(
+        clients.unit, sid, "p-1", trained="2024-01-10", filed="2024-01-12", on="2024-01-20"
+    )
+    await person(clients.unit, sid, "p-1", on="2024-05-01")
+    view = await clients.police.GetSystem(reg.GetSystemRequest(system_id=sid))
+    assert [(p.person_id, p.on_file_since) for p in view.personnel] == [("p-1", "2024-01-20")]
+    assert await findings(clients.police, "2024-03-01", "REG-9", f"system-{sid}") == []
+
+
 async def test_reg9_bad_person_record_is_invalid(clients):
     sid = await register(clients.unit)
+    await expect(person(clients.unit, sid, "p-1", on=""), INVALID, "person.on_file_since")
+    await expect(person(clients.unit, sid, "p-1", on="2024-02-30"), INVALID, "on_file_since")
+    await expect(person(clients.unit, sid, "p-1", on="1899-12-31"), INVALID, "on_file_since")
     await expect(person(clients.unit, sid, "p 1"), INVALID, "person_id")
     await expect(person(clients.unit, sid, "p-1", trained="10/01/2024"), INVALID, "trained_on")
     await expect(

@@ -131,6 +131,7 @@ async def test_read_models_of_an_older_fold_are_rebuilt_at_start(
         await review(unit, sid)
         view = await unit.GetSystem(reg.GetSystemRequest(system_id=sid))
     name = f"{settings.namespace}.read-models"
+    (systems_fold,) = [p for p in PROJECTIONS if p.collection == SYSTEMS]
 
     async def mark(older_fold: bool) -> None:
         """A mark in the system's document, as if an older fold had written it."""
@@ -142,9 +143,8 @@ async def test_read_models_of_an_older_fold_are_rebuilt_at_start(
             folds, at = await reads.get(FOLDS, name) or ({}, 0)
             assert folds == {"folds": sorted(p.signature for p in PROJECTIONS)}
             if older_fold:
-                older = [
-                    f.replace("registry.systems v2", "registry.systems v1") for f in folds["folds"]
-                ]
+                current = f"registry.systems v{systems_fold.version}"
+                older = [f.replace(current, "registry.systems v1") for f in folds["folds"]]
                 assert await reads.put(FOLDS, name, {"folds": older}, at + 1, at)
         finally:
             await db.close()

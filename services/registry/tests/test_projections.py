@@ -18,6 +18,7 @@ from psvis_registry import domain
 from psvis_registry.projections import fold_site, fold_system, view_of
 
 START = datetime(2024, 3, 1, 8, 0, tzinfo=UTC)
+PERSON_DATES = ("trained_on", "filed_with_police_on", "on_file_since")
 
 
 def reference_fold(doc: Document | None, event: Message, env: pb.EventEnvelope) -> Document:
@@ -96,11 +97,13 @@ def reference_fold(doc: Document | None, event: Message, env: pb.EventEnvelope) 
             same = [i for i, p in enumerate(view.personnel) if p.person_id == event.person_id]
             if same:
                 known = view.personnel[same[0]]
-                dates = {f: getattr(known, f) for f in ("trained_on", "filed_with_police_on")}
+                dates = {f: getattr(known, f) for f in PERSON_DATES}
                 known.MergeFrom(event)
                 for f, earlier in dates.items():  # a later date never replaces an earlier one
                     if earlier and getattr(event, f):
                         setattr(known, f, min(earlier, getattr(event, f)))
+                if not dates["on_file_since"]:  # on file since the system's start (REG-9)
+                    known.on_file_since = ""
             else:
                 view.personnel.append(event)
         case reg.ClassificationSet():
@@ -160,7 +163,10 @@ EVENTS = st.one_of(
     st.builds(reg.SystemRemoved, removed_on=texts, reason=texts),
     st.builds(reg.ArchiveAttached, kind=texts, sha256=texts, units=many, technicians=many),
     st.builds(reg.SignageInstalled, camera_ids=st.lists(cameras_ids, max_size=3), installed_on=texts),
-    st.builds(reg.MonitoringPersonnelRegistered, person_id=texts, name=texts, trained_on=texts),
+    st.builds(
+        reg.MonitoringPersonnelRegistered, person_id=texts, name=texts, trained_on=texts,
+        on_file_since=texts,
+    ),
     st.builds(
         reg.ClassificationSet, set_on=texts,
         classification=st.one_of(st.none(), st.builds(
@@ -277,3 +283,18 @@ def test_site_declaration_is_the_document_of_its_site() -> None:
     refused = reg.CommandRefused(command="DeclareMandatorySite")
     assert fold_site(doc, refused, envelope(2, refused)) is doc
     assert fold_site(None, refused, envelope(1, refused)) == {}
+
+
+def test_reg9_a_person_first_filed_without_a_date_stays_on_file_since_the_start() -> None:
+    """A record made before on_file_since was kept has none: on file since the system's start,
+    which a later registration of the person, dated, does not move (REG-9)."""
+    old = reg.MonitoringPersonnelRegistered(person_id="p-1", name="Wang", trained_on="2024-02-01")
+    again = reg.MonitoringPersonnelRegistered(person_id="p-1", on_file_since="2024-05-01")
+    later = reg.MonitoringPersonnelRegistered(person_id="p-2", on_file_since="2024-05-01")
+    doc = fold_system(None, registration(), envelope(1, registration()))
+    for version, event in enumerate((old, again, later, again), start=2):
+        doc = fold_system(doc, event, envelope(version, event))
+    assert [(p.person_id, p.on_file_since) for p in view_of(doc).personnel] == [
+        ("p-1", ""),
+        ("p-2", "2024-05-01"),
+    ]

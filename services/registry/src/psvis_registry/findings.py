@@ -197,36 +197,58 @@ def system_findings(doc: Document, pack: RulePack, as_of: date) -> Iterator[reg.
 def personnel_findings(
     view: reg.SystemView, pack: RulePack, subject: str, in_use: date, as_of: date
 ) -> Iterator[reg.Finding]:
-    """REG-9, of a system in use: nobody on file to watch it, or staff untrained or unfiled."""
+    """REG-9, of a system in use: nobody on file to watch it, or staff untrained or unfiled.
+
+    Only people on file by as_of count, each from the day they were put on file (one recorded
+    before that day was kept: since the system's start). Nobody on file is open until the first
+    person is, then resolved with that day; a person's own findings start when they are on file.
+    """
     personnel = pack.rule("personnel")
     if personnel.silent:
         return
     training = personnel.param("training_required", False)
     police = personnel.param("file_with_police", False)
-    if not view.personnel:
-        yield _nobody_on_file(pack, subject, in_use, training, police)
-    for person in view.personnel:
+    on_file = [(p, _on_file_since(p)) for p in view.personnel]
+    on_file = [(p, since) for p, since in on_file if since <= as_of]
+    first = min((since for _, since in on_file), default=None)
+    if first is None or first > in_use:
+        yield _nobody_on_file(pack, subject, in_use, training, police, first)
+    for person, since in on_file:
+        since = max(since, in_use)
         if training and not _on_or_before(person.trained_on, as_of):
             detail = f"{person.person_id} has no recorded training"
-            yield finding("personnel", pack, subject, in_use, "open", detail)
+            yield finding("personnel", pack, subject, since, "open", detail)
         if police and not _on_or_before(person.filed_with_police_on, as_of):
             detail = f"{person.person_id} is not filed with the police"
-            yield finding("personnel", pack, subject, in_use, "open", detail)
+            yield finding("personnel", pack, subject, since, "open", detail)
+
+
+def _on_file_since(person: reg.MonitoringPersonnelRegistered) -> date:
+    """The day a person was put on file; date.min for a record made before that was kept."""
+    return _d(person.on_file_since) or date.min
 
 
 def _nobody_on_file(
-    pack: RulePack, subject: str, in_use: date, training: bool, police: bool
+    pack: RulePack, subject: str, in_use: date, training: bool, police: bool, until: date | None
 ) -> reg.Finding:
     """A system in use whose unit has filed no monitoring staff at all: the unit keeps files on
     them (Xi'an 22(3), Wuxi 30(4)) or files their basic information with the police (Wuhan
-    16(2)). The pack's staff_files_article names the item asking for the files, if not its own."""
+    16(2)). The pack's staff_files_article names the item asking for the files, if not its own.
+    Resolved once someone is on file, `until` that day."""
     if police:
         duty = "files the basic information of its monitoring staff with the police"
     else:
         duty = "keeps files on its monitoring staff"
-    detail = f"no monitoring staff on file for a system in use: its unit {duty}"
+    if until is None:
+        status, detail = "open", "no monitoring staff on file for a system in use"
+    else:
+        status, detail = (
+            "resolved",
+            f"no monitoring staff on file for a system in use until {until}",
+        )
+    detail += f": its unit {duty}"
     detail += " and trains them" if training else ""
-    found = finding("personnel", pack, subject, in_use, "open", detail)
+    found = finding("personnel", pack, subject, in_use, status, detail)
     found.article = pack.rule("personnel").param("staff_files_article", found.article)
     return found
 

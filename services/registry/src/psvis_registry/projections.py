@@ -209,7 +209,10 @@ def _place_cameras(view: View, placements: Any) -> None:
 def _person(doc: Document, view: View, event: Any, env: pb.EventEnvelope) -> None:
     """A person registered again (their training or police filing recorded later, say): the
     fields given are merged into their record where it stands, as MergeFrom merges them;
-    each person_id is listed once, and an earlier date is never lost."""
+    each person_id is listed once, and an earlier date is never lost.
+
+    A record first made without on_file_since (before it was kept) is on file since the
+    system's start (REG-9), which no later date moves."""
     personnel, person = view.setdefault("personnel", []), json_dict(event)
     for i, known in enumerate(personnel):
         if known.get("person_id", "") == event.person_id:
@@ -217,12 +220,14 @@ def _person(doc: Document, view: View, event: Any, env: pb.EventEnvelope) -> Non
             for on in _PERSON_DATES:  # trained or filed again later: still so since the first
                 if on in known and on in person:
                     merged[on] = min(known[on], person[on])  # ISO dates order as text
+            if "on_file_since" not in known:
+                merged.pop("on_file_since", None)
             personnel[i] = merged
             return
     personnel.append(person)
 
 
-_PERSON_DATES = ("trained_on", "filed_with_police_on")
+_PERSON_DATES = ("trained_on", "filed_with_police_on", "on_file_since")
 
 
 def _classified(doc: Document, view: View, event: Any, env: pb.EventEnvelope) -> None:
@@ -274,8 +279,9 @@ def fold_project(doc: Document | None, event: Message, env: pb.EventEnvelope) ->
 
 
 # v2: filing dates, the system's own steps and its construction project (REG-1, REG-5)
+# v3: the day each person was put on file (REG-9), kept from a person's first record
 PROJECTIONS = [
-    StreamProjection("system-", SYSTEMS, fold_system, version=2),
+    StreamProjection("system-", SYSTEMS, fold_system, version=3),
     StreamProjection("site-", SITES, fold_site),
     StreamProjection("project-", PROJECTS, fold_project),
 ]

@@ -370,6 +370,7 @@ def register_personnel(
     v.identifier(cmd.person_id, "person.person_id")
     v.required(cmd.name, "person.name")
     v.required(cmd.duty, "person.duty")
+    v.need_date(cmd.on_file_since, "person.on_file_since")  # REG-9: findings as of a date
     v.iso_date(cmd.trained_on, "person.trained_on", optional=True)
     v.iso_date(cmd.filed_with_police_on, "person.filed_with_police_on", optional=True)
     return Accepted(cmd)
