@@ -121,3 +121,37 @@ async def test_inv4_replayed_registry_read_models_equal_the_live_ones(
             == listed
         ), human
         assert ("… and 3 more" in human) == (listed == 4), human
+
+
+@pytest.mark.parametrize("backend", ["embedded"])
+async def test_reg3_a_replayed_site_shows_its_category_declaration_and_withdrawal(
+    settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """REG-3: `psvis audit replay` lists a site by what its document holds (its category and
+    address, its declaration, and its withdrawal with the reason), a project by its milestones."""
+    platform = await start_platform(settings)
+    channel = secure_channel(f"localhost:{platform.port}", settings.pki_dir, "dev-police")
+    try:
+        police = reg_grpc.RegistryServiceStub(channel)
+        fair = site("fair-1", category="commerce_leisure_lodging")
+        await police.DeclareMandatorySite(reg.DeclareMandatorySiteRequest(
+            declaration=reg.MandatorySiteDeclared(site=fair, declared_on="2024-03-01")))  # fmt: skip
+        await police.WithdrawMandatorySite(reg.WithdrawMandatorySiteRequest(site_id="fair-1",
+            withdrawal=reg.MandatorySiteWithdrawn(withdrawn_on="2024-03-10", reason="the fair is over")))  # fmt: skip
+        reached = reg.ProjectMilestoneReached(
+            project_id="plaza-9", milestone="built", reached_on="2024-01-08"
+        )
+        await police.RecordProjectMilestone(reg.RecordProjectMilestoneRequest(milestone=reached))
+    finally:
+        await channel.close()
+        await platform.stop(grace=0.5)
+    capsys.readouterr()
+    replayed = ["audit", "replay", "--data-dir", str(settings.data_dir)]
+    assert await asyncio.to_thread(cli_main.main, replayed) == 0
+    lines = capsys.readouterr().out.splitlines()
+    (fair_line,) = [line for line in lines if line.startswith("  fair-1: ")]
+    for said in ("declared_on 2024-03-01", "withdrawn_on 2024-03-10",
+                 "withdrawal_reason the fair is over", "site.category commerce_leisure_lodging",
+                 f"site.address {fair.address}"):  # fmt: skip
+        assert said in fair_line, fair_line
+    assert "  plaza-9: milestones.built 2024-01-08" in lines, lines

@@ -285,6 +285,15 @@ def test_site_declaration_is_the_document_of_its_site() -> None:
     assert fold_site(None, refused, envelope(1, refused)) == {}
 
 
+def test_reg3_a_withdrawn_sites_document_keeps_the_reason() -> None:
+    declared = reg.MandatorySiteDeclared(site=reg.Site(site_id="s-9"), declared_on="2024-01-01")
+    withdrawn = reg.MandatorySiteWithdrawn(withdrawn_on="2024-02-01", reason="the fair is over")
+    doc = fold_site(
+        fold_site(None, declared, envelope(1, declared)), withdrawn, envelope(2, withdrawn)
+    )
+    assert (doc["withdrawn_on"], doc["withdrawal_reason"]) == ("2024-02-01", "the fair is over")
+
+
 def test_reg9_a_person_first_filed_without_a_date_stays_on_file_since_the_start() -> None:
     """A record made before on_file_since was kept has none: on file since the system's start,
     which a later registration of the person, dated, does not move (REG-9)."""

@@ -260,12 +260,14 @@ _EDITS: dict[type[Message], Edit] = {
 
 
 def fold_site(doc: Document | None, event: Message, env: pb.EventEnvelope) -> Document:
-    """A site's document: its declaration as proto3 JSON, and "withdrawn_on" once withdrawn."""
+    """A site's document: its declaration as proto3 JSON, and "withdrawn_on" and
+    "withdrawal_reason" once withdrawn (REG-3)."""
     if isinstance(event, reg.MandatorySiteDeclared):
         return json_dict(event)
     doc = doc if doc is not None else {}
     if isinstance(event, reg.MandatorySiteWithdrawn):
         doc["withdrawn_on"] = event.withdrawn_on
+        doc["withdrawal_reason"] = event.reason
     return doc
 
 
@@ -282,6 +284,6 @@ def fold_project(doc: Document | None, event: Message, env: pb.EventEnvelope) ->
 # v3: the day each person was put on file (REG-9), kept from a person's first record
 PROJECTIONS = [
     StreamProjection("system-", SYSTEMS, fold_system, version=3),
-    StreamProjection("site-", SITES, fold_site),
+    StreamProjection("site-", SITES, fold_site, version=2),  # v2: the withdrawal's reason
     StreamProjection("project-", PROJECTS, fold_project),
 ]

@@ -20,6 +20,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from psvis.cli.client import CliError, default_pki, default_server, whole
+from psvis.cli.documents import describe
 from psvis.cli.written import written_whole
 from psvis.errors import PsvisError
 from psvis.platform import discover_services
@@ -309,12 +310,7 @@ def cmd_audit_replay(args: argparse.Namespace) -> int:
     for coll, (count, docs) in outcome["read_models"].items():  # type: ignore[attr-defined]
         out.print(f"[bold]{coll}[/]: {count}")
         for key, doc in docs:
-            view = doc.get("view", doc)
-            if view:
-                line = f"{view.get('state', '')} {view.get('name', '')} v{view.get('version', '')}"
-            else:  # e.g. a refused registration: the refusal is recorded, nothing exists
-                line = f"nothing registered; {len(doc.get('refusals', []))} refusal(s) recorded"
-            out.print(f"  {key}: {line}", markup=False, highlight=False)
+            out.print(f"  {key}: {describe(key, doc)}", markup=False, highlight=False)
         if count > len(docs):
             out.print(
                 f"  … and {count - len(docs):,} more (--all lists them; --json prints the documents;"
