@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from e2e_kit import (
     DENIED,
+    EXISTS,
     INVALID,
     NOT_FOUND,
     REFUSED,
@@ -239,3 +240,38 @@ async def test_reg3_a_decision_reads_the_site_the_system_stands_at_not_the_read_
     doc["view"]["site"]["site_id"] = "site-elsewhere"
     assert await reads.put("registry.systems", sid, doc, at, at)
     await expect(remove(clients.unit, sid, "2024-04-01"), REFUSED, "rebuild", "Wuhan 10")
+
+
+# --- a site declared again after its withdrawal ---------------------------------------------------
+
+
+async def test_reg3_a_withdrawn_site_declared_again_owes_a_system_anew(clients, platform):
+    """REG-3: a site withdrawn (a fair is over) is declared again for the next fair, a new spell
+    of duty: as of a day of either declaration, its finding runs from that declaration; between
+    them the site owes nothing. The second declaration's category binds the systems there."""
+    fair = site("site-fair", category="commerce_leisure_lodging")
+    await declare(clients.police, fair, "2024-03-01")
+    await expect(declare(clients.police, fair, "2024-03-05"), EXISTS, "already declared",
+                 "on 2024-03-01")  # fmt: skip
+    await withdraw(clients.police, "site-fair", "2024-03-10", reason="the fair is over")
+    await expect(declare(clients.police, fair, "2024-03-09"), REFUSED,
+                 "2024-03-09 is before", "withdrawn on 2024-03-10")  # fmt: skip
+    assert len(await platform.stores.events.read_stream("site-site-fair")) == 2
+    again = site("site-fair", category="transport")
+    result = await declare(clients.police, again, "2024-04-01")
+    assert (result.stream_id, result.version) == ("site-site-fair", 3)
+    (first,) = await findings(clients.police, "2024-03-05", "REG-3")
+    assert (first.status, first.since, first.article) == ("open", "2024-03-01", "Wuhan 6(5)")
+    assert await findings(clients.police, "2024-03-20", "REG-3") == []
+    (second,) = await findings(clients.police, "2024-04-05", "REG-3")
+    assert (second.status, second.since, second.article) == ("open", "2024-04-01", "Wuhan 6(2)")
+    await expect(register(clients.unit, site_=fair, registered_on="2024-04-02"), REFUSED,
+                 "declared by the police a transport site from 2024-04-01")  # fmt: skip
+    sid = await register(clients.unit, site_=again)
+    await into_use(clients.unit, sid, in_use_on="2024-04-10")
+    (served,) = await findings(clients.police, "2024-04-15", "REG-3")
+    assert (served.status, served.since) == ("resolved", "2024-04-01")
+    assert "until 2024-04-10" in served.detail, served.detail
+    await withdraw(clients.police, "site-fair", "2024-05-01")
+    await expect(withdraw(clients.police, "site-fair", "2024-05-02"), REFUSED,
+                 "withdrawn on 2024-05-01")  # fmt: skip

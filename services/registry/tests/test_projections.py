@@ -307,3 +307,24 @@ def test_reg9_a_person_first_filed_without_a_date_stays_on_file_since_the_start(
         ("p-1", ""),
         ("p-2", "2024-05-01"),
     ]
+
+
+def test_reg3_a_site_declared_again_keeps_its_earlier_declarations() -> None:
+    first = reg.MandatorySiteDeclared(
+        site=reg.Site(site_id="s-9", category="a"), declared_on="2024-01-01"
+    )
+    withdrawn = reg.MandatorySiteWithdrawn(withdrawn_on="2024-02-01", reason="over")
+    again = reg.MandatorySiteDeclared(
+        site=reg.Site(site_id="s-9", category="b"), declared_on="2024-03-01"
+    )
+    doc: Document | None = None
+    for version, event in enumerate((first, withdrawn, again, withdrawn, again), start=1):
+        doc = fold_site(doc, event, envelope(version, event))
+    assert doc is not None and doc["declared_on"] == "2024-03-01" and "withdrawn_on" not in doc
+    assert [
+        (d["site"]["category"], d["declared_on"], d["withdrawn_on"]) for d in doc["earlier"]
+    ] == [
+        ("a", "2024-01-01", "2024-02-01"),
+        ("b", "2024-03-01", "2024-02-01"),
+    ]
+    assert all("earlier" not in d for d in doc["earlier"])

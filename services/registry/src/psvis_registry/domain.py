@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 
 from google.protobuf.message import Message
@@ -26,37 +26,65 @@ STATES = frozenset(
 )
 
 
+@dataclass(frozen=True)
+class Declaration:
+    """One spell of a site's duty (REG-3): from declared_on until withdrawn_on, if withdrawn."""
+
+    category: str
+    declared_on: str
+    withdrawn_on: str = ""
+
+    def in_force_on(self, day: date) -> bool:
+        return date.fromisoformat(self.declared_on) <= day and not (
+            self.withdrawn_on and date.fromisoformat(self.withdrawn_on) <= day
+        )
+
+
 @dataclass
 class SiteState:
-    """A site the police declared mandatory (REG-3), from its stream "site-<id>"."""
+    """A site the police declared mandatory (REG-3), from its stream "site-<id>": declared,
+    and withdrawn, maybe declared again after a withdrawal (a new spell of duty)."""
 
     site_id: str
     version: int = 0
-    category: str = ""
-    declared_on: str = ""
-    withdrawn_on: str = ""
+    declarations: list[Declaration] = field(default_factory=list)  # in order, none overlapping
+
+    @property
+    def latest(self) -> Declaration:
+        return self.declarations[-1] if self.declarations else Declaration("", "")
+
+    @property
+    def category(self) -> str:
+        return self.latest.category
+
+    @property
+    def declared_on(self) -> str:
+        return self.latest.declared_on
+
+    @property
+    def withdrawn_on(self) -> str:
+        return self.latest.withdrawn_on
 
     def require_declared(self) -> None:
-        if not self.version:
+        if not self.declarations:
             raise NotFound(f"no site {shown(self.site_id)} is declared mandatory")
 
+    def declaration_on(self, day: date) -> Declaration | None:
+        """The declaration in force on `day`, if any: from its date until its withdrawal."""
+        return next((d for d in self.declarations if d.in_force_on(day)), None)
+
     def in_force_on(self, day: date) -> bool:
-        """Whether the site is mandatory on `day`: from its declaration until its withdrawal."""
-        return (
-            bool(self.declared_on)
-            and date.fromisoformat(self.declared_on) <= day
-            and not (self.withdrawn_on and date.fromisoformat(self.withdrawn_on) <= day)
-        )
+        """Whether the site is mandatory on `day`."""
+        return self.declaration_on(day) is not None
 
 
 def evolve_site(state: SiteState, event: Message) -> None:
     state.version += 1
     match event:
         case reg.MandatorySiteDeclared():
-            state.category = event.site.category
-            state.declared_on = event.declared_on
-        case reg.MandatorySiteWithdrawn():
-            state.withdrawn_on = event.withdrawn_on
+            state.declarations.append(Declaration(event.site.category, event.declared_on))
+        case reg.MandatorySiteWithdrawn() if state.declarations:
+            state.declarations[-1] = replace(state.latest, withdrawn_on=event.withdrawn_on)
         case _:
             pass
 
@@ -82,9 +110,8 @@ class SystemState:
         while their declaration is in force, else the one filed. It decides which of the city's
         rules apply to the system (Wuhan 10's rebuild plan, Xi'an 14's design review)."""
         declared = self.site_declaration
-        if declared is not None and declared.in_force_on(day):
-            return declared.category
-        return self.site_category
+        in_force = declared.declaration_on(day) if declared is not None else None
+        return in_force.category if in_force is not None else self.site_category
 
     def require_registered(self) -> None:
         if not self.registered:

@@ -311,14 +311,16 @@ def site_findings(
     declaration is withdrawn. A site with no system in use on as_of is an open finding since
     the first day of that spell; a spell that ended, on or before as_of, when a system went
     into use there (or moved there) is resolved, and says on which day. A site served from
-    the first day of its duty has no finding. As of the withdrawal on, the site is not listed.
+    the first day of its duty has no finding. As of the withdrawal on, the site is not listed;
+    declared again later, it owes a system anew from that declaration.
     """
     categories = mandatory_categories(pack)
     served: dict[str, list[tuple[date, date]]] = {}
     for doc in systems:
         for site_id, start, until in in_use_spans(doc, view_of(doc)):
             served.setdefault(site_id, []).append((start, until))
-    for doc in sites:
+    declarations = [spell for doc in sites for spell in [*doc.get("earlier", []), doc]]
+    for doc in declarations:  # REG-3: of a site declared again, only the one in force counts
         site = doc["site"]
         start = date.fromisoformat(doc["declared_on"])
         if pack.in_force is not None:

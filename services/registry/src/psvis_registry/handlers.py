@@ -151,10 +151,7 @@ class Registry:
         rules.declare_site(cmd, self._p.pack)
 
         def decide(state: SiteState) -> Decision:
-            if state.version:
-                withdrawn = f" (withdrawn on {state.withdrawn_on})" if state.withdrawn_on else ""
-                raise AlreadyExists(f"site {state.site_id} is already declared{withdrawn}")
-            return Accepted(cmd)
+            return rules.declare_site_again(state, cmd)
 
         return await self._run(caller, SITE, site_stream(cmd.site.site_id), decide, 0)
 

@@ -260,10 +260,15 @@ _EDITS: dict[type[Message], Edit] = {
 
 
 def fold_site(doc: Document | None, event: Message, env: pb.EventEnvelope) -> Document:
-    """A site's document: its declaration as proto3 JSON, and "withdrawn_on" and
-    "withdrawal_reason" once withdrawn (REG-3)."""
+    """A site's document: its latest declaration as proto3 JSON, "withdrawn_on" and
+    "withdrawal_reason" once withdrawn, and "earlier": the documents of the declarations before
+    it, each withdrawn, oldest first (REG-3: a site declared again after a withdrawal)."""
     if isinstance(event, reg.MandatorySiteDeclared):
-        return json_dict(event)
+        declared = json_dict(event)
+        if doc and doc.get("declared_on"):
+            latest = {k: v for k, v in doc.items() if k != "earlier"}
+            declared["earlier"] = [*doc.get("earlier", []), latest]
+        return declared
     doc = doc if doc is not None else {}
     if isinstance(event, reg.MandatorySiteWithdrawn):
         doc["withdrawn_on"] = event.withdrawn_on
@@ -284,6 +289,7 @@ def fold_project(doc: Document | None, event: Message, env: pb.EventEnvelope) ->
 # v3: the day each person was put on file (REG-9), kept from a person's first record
 PROJECTIONS = [
     StreamProjection("system-", SYSTEMS, fold_system, version=3),
-    StreamProjection("site-", SITES, fold_site, version=2),  # v2: the withdrawal's reason
+    # v2: the withdrawal's reason, and the declarations before a site's latest (REG-3)
+    StreamProjection("site-", SITES, fold_site, version=2),
     StreamProjection("project-", PROJECTS, fold_project),
 ]

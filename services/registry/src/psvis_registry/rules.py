@@ -90,10 +90,11 @@ def require_site_as_declared(
     their declaration is in force on the command's date: the category decides which of the
     city's rules apply to the systems there (Wuhan 10's rebuild plan, Xi'an 14's design
     review), so a unit may not file one of its own."""
-    if declared is not None and declared.in_force_on(on) and site.category != declared.category:
+    in_force = declared.declaration_on(on) if declared is not None else None
+    if in_force is not None and site.category != in_force.category:
         raise FailedPrecondition(
             f"{field}.category: site {site.site_id} is declared by the police a"
-            f" {declared.category} site from {declared.declared_on} (REG-3), not"
+            f" {in_force.category} site from {in_force.declared_on} (REG-3), not"
             f" {v.shown(site.category)}"
         )
 
@@ -438,9 +439,25 @@ def declare_site(cmd: reg.MandatorySiteDeclared, pack: RulePack) -> None:
         )
 
 
+def declare_site_again(state: SiteState, cmd: reg.MandatorySiteDeclared) -> Decision:
+    """REG-3: a site is declared while it is not: first, or again after its withdrawal (a new
+    spell of duty, a large public event held there again, say), dated on or after it."""
+    if state.declarations and not state.withdrawn_on:
+        raise AlreadyExists(
+            f"site {state.site_id} is already declared (on {state.declared_on}); withdraw it"
+            " first to declare it again"
+        )
+    if state.withdrawn_on and cmd.declared_on < state.withdrawn_on:  # ISO dates order as text
+        raise FailedPrecondition(
+            f"declaration.declared_on {cmd.declared_on} is before the site's withdrawal: site"
+            f" {state.site_id} was withdrawn on {state.withdrawn_on} (REG-3)"
+        )
+    return Accepted(cmd)
+
+
 def withdraw_site(state: SiteState, cmd: reg.MandatorySiteWithdrawn, pack: RulePack) -> Decision:
     """REG-3: the police withdraw a declared site (a large public event is over, Xi'an 10):
-    from the withdrawal's date on it is not mandatory, and a site is withdrawn once."""
+    from the withdrawal's date on it is not mandatory; each declaration is withdrawn once."""
     state.require_declared()
     day = v.need_date(cmd.withdrawn_on, "withdrawal.withdrawn_on")
     v.required(cmd.reason, "withdrawal.reason")
