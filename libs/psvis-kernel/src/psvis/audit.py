@@ -56,6 +56,7 @@ async def verify_store(
     keys: Sequence[Ed25519PublicKey],
     progress: Callable[[int], None] | None = None,
     *,
+    total: Callable[[int], None] | None = None,
     ledger_worker: bool | None = None,
     span_workers: int | None = None,
     max_unsigned: int | None = None,
@@ -69,6 +70,8 @@ async def verify_store(
     when `ledger_worker` says so, by default from LEDGER_WORKER_FROM notarised events on.
     The report is the same every way. With `max_unsigned`, more unsigned newest events than
     that (checkpoints deleted, or no notary running) is a failure, not only a warning.
+    `total` hears, once and before `progress` hears anything, how many events are to be checked:
+    the log's size, but no more than the rows an embedded log's table holds.
     """
     size_before: int | None = None  # the log's size before its checkpoints are read
     with contextlib.suppress(LogUnreadable):  # the pages' reading reports it
@@ -87,6 +90,8 @@ async def verify_store(
     if path is not None:
         with contextlib.suppress(LogUnreadable):  # the pages' reading reports it
             size, first = await _offsets_and_first(events)
+    if total is not None:
+        total(size if path is not None else size_before or 0)
     if span_workers is None:
         span_workers = usable_cores() - 1 if size >= SPANS_FROM else 0
     if path is not None and span_workers > 0 and size > 0:
@@ -112,22 +117,17 @@ async def verify_store(
     return verifier.report
 
 
-async def events_to_check(events: LogSource) -> int:
-    """The offsets [0, n) a verify of the log checks (and its progress counts to): the log's
-    size (last position + 1), but no more than the rows an embedded log's table holds.
+async def _offsets_and_first(events: LogSource) -> tuple[int, int | None]:
+    """The offsets [0, n) a verify of the log checks, and the least position an embedded log's
+    table holds (None where the store cannot say; pages are read from offset 0, so a row put
+    before it is found only so). n is the log's size (last position + 1), but no more than the
+    rows an embedded log's table holds.
 
     A row moved to a huge position (the table edited) must not make a plan of spans that
     size, which could not be held in memory, nor a progress bar that long: with fewer rows than
     offsets, the rows fall short of the offsets in some span within the first n, which names
     the first missing one.
     """
-    size, _ = await _offsets_and_first(events)
-    return size
-
-
-async def _offsets_and_first(events: LogSource) -> tuple[int, int | None]:
-    """events_to_check, and the least position an embedded log's table holds (None where the
-    store cannot say): pages are read from offset 0, so a row put before it is found only so."""
     size = await events.log_size()
     stored_extent = getattr(events, "stored_extent", None)
     if stored_extent is None:

@@ -54,10 +54,6 @@ class SiteState:
         return self.declarations[-1] if self.declarations else Declaration("", "")
 
     @property
-    def category(self) -> str:
-        return self.latest.category
-
-    @property
     def declared_on(self) -> str:
         return self.latest.declared_on
 

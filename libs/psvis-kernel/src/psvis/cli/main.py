@@ -17,7 +17,14 @@ from typing import Any, NoReturn
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from psvis.cli.client import CliError, default_pki, default_server, whole
 from psvis.cli.documents import describe
@@ -161,8 +168,7 @@ def _progress(label: str, total: int) -> Progress:
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    from psvis.audit import events_to_check, verify_store
-    from psvis.eventstore.port import LogUnreadable
+    from psvis.audit import verify_store
     from psvis.signing import key_id, load_public_key, public_path
 
     settings = _settings(args)
@@ -176,15 +182,13 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     async def run() -> dict[str, Any]:
         log = await open_for_audit(settings)
         try:
-            try:
-                total = await events_to_check(log.events)
-            except LogUnreadable:
-                total = 0  # verify_store reports it
-            with _progress("verifying", total) as bar:
-                task = bar.add_task("verify", total=total)
-                report = await verify_store(log.events, log.checkpoints, keys,
-                                            progress=lambda n: bar.advance(task, n),
-                                            max_unsigned=args.max_unsigned)  # fmt: skip
+            with _progress("verifying", 0) as bar:
+                tasks: list[TaskID] = []  # the bar's one task, once verify knows its total
+                report = await verify_store(
+                    log.events, log.checkpoints, keys,
+                    progress=lambda n: bar.advance(tasks[0], n),
+                    total=lambda n: tasks.append(bar.add_task("verify", total=n)),
+                    max_unsigned=args.max_unsigned)  # fmt: skip
             return report.as_dict()
         finally:
             await log.close()
