@@ -6,6 +6,8 @@ import asyncio
 import gc
 import os
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -293,6 +295,41 @@ async def test_aud3_a_replay_in_worker_processes_equals_one_in_this_process(
         assert not list(tmp_path.glob("psvis-replay-*"))  # the workers' files are gone
         await parts.db.close()
         await alone.db.close()
+
+
+async def test_aud3_a_replay_removes_scratch_folders_of_dead_replays_never_a_live_ones(
+    tmp_path: Path,
+) -> None:
+    """AUD-3: the workers' files are in a folder named with the replay's pid. A replay killed
+    outright (SIGKILL) cannot remove it; the next replay beside it does, once that pid has
+    ended. A running replay's folder, and one whose owner cannot be told, are kept."""
+    log = await build_log(tmp_path, events=40, streams=8)
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()  # reaped: its pid runs nothing now
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        dead = tmp_path / f"psvis-replay-{ended.pid}-k3j_9x2a"
+        kept = [
+            tmp_path / f"psvis-replay-{running.pid}-a1b2c3d4",
+            tmp_path / "psvis-replay-a1b2c3d4",  # no pid in its name: whose it is cannot be told
+        ]
+        for folder in (dead, *kept):
+            folder.mkdir()
+            (folder / "part-0.db").write_bytes(b"half a share")
+        own: list[str] = []
+
+        def told(_: int) -> None:  # while the workers run
+            own.extend(p.name for p in tmp_path.glob(f"psvis-replay-{os.getpid()}-*"))
+
+        into = tmp_path / "replayed.db"
+        replayed = await replay(log.store, PROJECTIONS, ["notes"], workers=2, into=into,
+                                progress=told)  # fmt: skip
+        await replayed.db.close()
+        assert own, "the replay's own scratch folder is named with its pid"
+        assert sorted(tmp_path.glob("psvis-replay-*")) == sorted(kept)
+    finally:
+        running.kill()
+        running.wait()
 
 
 async def test_a_share_is_its_streams_events_up_to_the_fixed_end(tmp_path: Path) -> None:

@@ -5,7 +5,9 @@ folded apart. With n workers, worker k folds the streams whose crc32(stream id) 
 of them read the same prefix of the log, positions 0..`last`, fixed before any starts, so a log
 that grows meanwhile cannot give them different logs. Each worker writes its documents into a
 file of its own; they are copied into the replay's read store once every worker has finished,
-so a failed replay leaves none of its documents behind.
+so a failed replay leaves none of its documents behind. Their files are in a scratch folder
+named with the replay's pid: one killed outright (SIGKILL, a power cut) cannot remove it, and
+the next replay there removes it once that pid has ended.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import functools
 import gc
 import multiprocessing
 import os
+import re
+import shutil
 import sqlite3
 import tempfile
 import traceback
@@ -28,6 +32,7 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
+from psvis import pids
 from psvis.envelope import RecordedEvent
 from psvis.eventstore.port import LogUnreadable, stored_events
 from psvis.projection import PagedLog, ProjectionRunner, StreamProjection
@@ -41,6 +46,8 @@ REPLAY = "replay"  # the name a replay's position is kept under in its read stor
 # below this many events a replay is over before worker processes have started
 WORKERS_FROM = 200_000
 MAX_WORKERS = 8
+# a replay's scratch folder: psvis-replay-<its pid>-<tempfile's random name>
+SCRATCH = re.compile(r"psvis-replay-(\d+)-[a-z0-9_]+")
 
 
 def usable_cores() -> int:
@@ -131,7 +138,7 @@ async def fold_log_in_parts(
     """
     ctx = multiprocessing.get_context("spawn")  # this process has threads; fork copies them
     through = ctx.Array("q", workers, lock=False)  # log events each worker has got through
-    with tempfile.TemporaryDirectory(prefix="psvis-replay-", dir=_scratch_dir(into)) as scratch:
+    with _scratch_folder(into) as scratch:
         shares = [
             Share(log_path, last, k, workers, until, str(Path(scratch) / f"part-{k}.db"))
             for k in range(workers)
@@ -297,6 +304,28 @@ def _merge(conn: sqlite3.Connection, parts: Sequence[str]) -> None:
     finally:
         for k in attached:
             conn.execute(f"DETACH DATABASE part{k}")
+
+
+def _scratch_folder(into: SqliteDatabase) -> tempfile.TemporaryDirectory[str]:
+    """A new folder for the workers' files, named with this process's pid; the scratch folders
+    there of replays whose process has ended are removed first."""
+    where = _scratch_dir(into)
+    remove_dead_scratch(Path(where if where is not None else tempfile.gettempdir()))
+    return tempfile.TemporaryDirectory(prefix=f"psvis-replay-{os.getpid()}-", dir=where)
+
+
+def remove_dead_scratch(folder: Path) -> list[Path]:
+    """Remove the scratch folders in `folder` of replays whose process has ended; those of a
+    running process, or of one that cannot be told (no pid in the name), stay."""
+    removed = []
+    for path in folder.iterdir():
+        found = SCRATCH.fullmatch(path.name)
+        if found is None or path.is_symlink() or not path.is_dir():
+            continue
+        if not pids.running(int(found.group(1))):
+            shutil.rmtree(path, ignore_errors=True)  # another replay may be removing it too
+            removed.append(path)
+    return removed
 
 
 def _scratch_dir(into: SqliteDatabase) -> str | None:

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from psvis import pids
 from psvis.cli.client import CliError
 
 SQLITE_BESIDE = ("-wal", "-shm", "-journal")  # what SQLite may leave beside a database file
@@ -46,25 +47,10 @@ def remove_dead_partials(target: Path) -> list[Path]:
     removed = []
     for path in target.parent.iterdir():  # not a glob: FILE may hold [, * or ?
         found = partial.fullmatch(path.name)
-        if found is not None and not _running(int(found.group(1))):
+        if found is not None and not pids.running(int(found.group(1))):
             path.unlink(missing_ok=True)  # another replay may be removing it too
             removed.append(path)
     return removed
-
-
-def _running(pid: int) -> bool:
-    """Whether a process `pid` exists on this machine (another user's included)."""
-    if pid <= 0:
-        return True  # not a process's id: os.kill would signal a group; keep the file
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # it exists, and is someone else's
-    except OverflowError:
-        return False  # no process has such an id
-    return True
 
 
 def _put_in_place(written: Path, target: Path) -> None:
