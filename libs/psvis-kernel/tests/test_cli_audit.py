@@ -239,8 +239,8 @@ def test_verify_progress_total_is_bounded_by_the_rows_not_the_last_position(
     totals: list[float | None] = []
     shown = cli._progress
 
-    def recorded(label: str, total: int) -> Progress:
-        bar = shown(label, total)
+    def recorded(label: str) -> Progress:
+        bar = shown(label)
         add_task = bar.add_task
 
         def add(description: str, **kwargs: Any) -> TaskID:

@@ -162,7 +162,7 @@ def _packs_in(folders: list[Path]) -> list[Path]:
     return list(found.values())
 
 
-def _progress(label: str, total: int) -> Progress:
+def _progress(label: str) -> Progress:
     return Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     console=console, transient=True)  # fmt: skip
 
@@ -182,7 +182,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     async def run() -> dict[str, Any]:
         log = await open_for_audit(settings)
         try:
-            with _progress("verifying", 0) as bar:
+            with _progress("verifying") as bar:
                 tasks: list[TaskID] = []  # the bar's one task, once verify knows its total
                 report = await verify_store(
                     log.events, log.checkpoints, keys,
@@ -272,7 +272,7 @@ def cmd_audit_replay(args: argparse.Namespace) -> int:
                 total = await log.events.log_size()
             except LogUnreadable as e:
                 return str(e)
-            with _progress("replaying", total) as bar:
+            with _progress("replaying") as bar:
                 task = bar.add_task("replay", total=total)
                 result = await replay(log.events, projections, collections, until=until,
                                       into=into, progress=lambda n: bar.advance(task, n),
