@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import date, timedelta
 
 from psvis.readstore.port import Document
@@ -12,6 +12,9 @@ from psvis.rulepack import RulePack
 from psvis_registry import domain
 from psvis_registry.projections import view_of
 from psvis_registry.rules import mandatory_categories
+
+# a system's stored document, with its view parsed (once per request: a view is a large message)
+System = tuple[Document, reg.SystemView]
 
 
 def _d(value: str) -> date | None:
@@ -39,14 +42,15 @@ def finding(
 _TRIGGERS = {"accepted": "acceptance", "in_use": "going into use"}
 
 
-def filing_findings(doc: Document, pack: RulePack, as_of: date) -> Iterator[reg.Finding]:
+def filing_findings(
+    doc: Document, view: reg.SystemView, pack: RulePack, as_of: date
+) -> Iterator[reg.Finding]:
     """REG-1: a system not filed within the city's deadline.
 
     A new system's filing is due within the days after its trigger (e.g. Wuhan 9: acceptance)
     and holds what was accepted (the main device types and point layout), so only a filing
     dated on or after the trigger meets it; one dated before (filed while being built) does not.
     """
-    view = view_of(doc)
     subject = f"system-{view.system_id}"
     filings = [d for d in map(_d, doc.get("filings") or [view.filed_on]) if d is not None]
     rule = pack.rule("filing.new_system")
@@ -112,7 +116,7 @@ def _reported_after(
 
 
 def removal_findings(
-    doc: Document, pack: RulePack, removed: date, as_of: date
+    doc: Document, view: reg.SystemView, pack: RulePack, removed: date, as_of: date
 ) -> Iterator[reg.Finding]:
     """A removed system's deadlines (REG-1, REG-6) that fell due before its removal, and the
     removal's own report (REG-6, e.g. Xi'an 19: within 30 days after it).
@@ -121,7 +125,8 @@ def removal_findings(
     findings stay, and the ones still open are closed (nothing can be filed for a removed
     system any more). A report dated after the removal still resolves its deadline.
     """
-    for found in [*filing_findings(doc, pack, as_of), *relocation_findings(doc, pack, as_of)]:
+    own = [*filing_findings(doc, view, pack, as_of), *relocation_findings(doc, pack, as_of)]
+    for found in own:
         if date.fromisoformat(found.since) > removed:  # fell due after the removal: no duty
             continue
         if found.status == "open":
@@ -161,17 +166,18 @@ def site_on(doc: Document, view: reg.SystemView, as_of: date) -> str:
     return view.site.site_id
 
 
-def system_findings(doc: Document, pack: RulePack, as_of: date) -> Iterator[reg.Finding]:
-    view = view_of(doc)
+def system_findings(
+    doc: Document, view: reg.SystemView, pack: RulePack, as_of: date
+) -> Iterator[reg.Finding]:
     if not view.system_id:
         return
     if removed_by(doc, view, as_of):
         removed = _d(doc.get("removed_on", ""))
         if removed is not None:
-            yield from removal_findings(doc, pack, removed, as_of)
+            yield from removal_findings(doc, view, pack, removed, as_of)
         return
     subject = f"system-{view.system_id}"
-    yield from filing_findings(doc, pack, as_of)
+    yield from filing_findings(doc, view, pack, as_of)
     yield from relocation_findings(doc, pack, as_of)
     yield from inspection_findings(view, pack, subject, as_of)
     if not in_use_on(doc, view, as_of):
@@ -302,7 +308,7 @@ def _unserved(
 
 
 def site_findings(
-    sites: list[Document], systems: list[Document], pack: RulePack, as_of: date
+    sites: list[Document], systems: Sequence[System], pack: RulePack, as_of: date
 ) -> Iterator[reg.Finding]:
     """REG-3: each spell that a declared site went without a system in use there.
 
@@ -316,8 +322,8 @@ def site_findings(
     """
     categories = mandatory_categories(pack)
     served: dict[str, list[tuple[date, date]]] = {}
-    for doc in systems:
-        for site_id, start, until in in_use_spans(doc, view_of(doc)):
+    for doc, view in systems:
+        for site_id, start, until in in_use_spans(doc, view):
             served.setdefault(site_id, []).append((start, until))
     declarations = [spell for doc in sites for spell in [*doc.get("earlier", []), doc]]
     for doc in declarations:  # REG-3: of a site declared again, only the one in force counts
@@ -347,7 +353,7 @@ _DONE = {"in_use": "put into use"}  # how a step reads after "were"; else its ow
 
 
 def project_findings(
-    systems: list[Document], projects: list[Document], pack: RulePack, as_of: date
+    systems: Sequence[System], projects: list[Document], pack: RulePack, as_of: date
 ) -> Iterator[reg.Finding]:
     """REG-5 (Wuhan 8 para 1, Xi'an 16): a construction project's system kept in step with its
     main works. For each step the pack lists (`steps`: Xi'an accepts the system independently),
@@ -362,11 +368,11 @@ def project_findings(
     if rule.silent:
         return
     milestones = {doc["project_id"]: doc["milestones"] for doc in projects}
-    for doc in systems:
+    for doc, view in systems:
         reached = milestones.get(doc.get("construction_project", ""))
         if not reached:
             continue
-        view, steps = view_of(doc), doc.get("steps")
+        steps = doc.get("steps")
         own = {"accepted": view.accepted_on, "in_use": view.in_use_on}
         if steps is not None:
             own |= {"designed": steps.get("designed") or steps.get("built", ""),
@@ -404,7 +410,8 @@ def all_findings(
     pack: RulePack,
     as_of: date,
 ) -> list[reg.Finding]:
-    found = [f for doc in systems for f in system_findings(doc, pack, as_of)]
-    found += site_findings(sites, systems, pack, as_of)
-    found += project_findings(systems, projects, pack, as_of)
+    parsed = [(doc, view_of(doc)) for doc in systems]
+    found = [f for doc, view in parsed for f in system_findings(doc, view, pack, as_of)]
+    found += site_findings(sites, parsed, pack, as_of)
+    found += project_findings(parsed, projects, pack, as_of)
     return sorted(found, key=lambda f: (f.spec, f.subject, f.rule, f.since, f.detail))
