@@ -223,6 +223,41 @@ async def test_a_log_holding_one_version_twice_is_named_once_rebuilt(
             await reopened.read_stream("s-2")
 
 
+async def test_a_log_holding_one_version_twice_is_rebuilt_once_and_named_at_every_open(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Rebuilt from a log holding one stream version twice, the index is short by as many events
+    for good: the store keeps which events it left out, so later opens do not rebuild it again
+    (and again), yet each still names the log's damage; the log may still grow meanwhile. Once
+    one of those events is no longer a copy (the log changed), the index is rebuilt."""
+    async with store_at(tmp_path / "psvis.db") as (_, store):
+        await fill(store, streams=3, rounds=4)
+        s1, s2 = await store.read_stream("s-1"), await store.read_stream("s-2")
+    edit_log(  # s-2's third event is overwritten by a copy of s-1's second
+        tmp_path / "psvis.db",
+        ("UPDATE events SET data = ? WHERE position = ?", (s1[1].data, s2[2].position)),
+        ("DELETE FROM stream_index_state", ()),  # how far it was written is lost: rebuilt
+    )
+    async with store_at(tmp_path / "psvis.db"):
+        assert caplog.text.count("rebuilding it from the log") == 1
+    for k in range(2):
+        caplog.clear()
+        async with store_at(tmp_path / "psvis.db", f"again-{k}") as (_, reopened):
+            await reopened.append("s-0", (await reopened.head("s-0")).version, [event("more")])
+        assert "rebuilding" not in caplog.text
+        assert caplog.text.count("the log holds events that share a stream and version") == 1
+    caplog.clear()
+    edit_log(  # put right, s-2's third event has no entry: it must not be left out
+        tmp_path / "psvis.db",
+        ("UPDATE events SET data = ? WHERE position = ?", (s2[2].data, s2[2].position)),
+    )
+    async with store_at(tmp_path / "psvis.db", "mended") as (_, mended):
+        assert "rebuilding it from the log" in caplog.text
+        assert "share a stream and version" not in caplog.text
+        assert (await mended.head("s-2")).version == len(s2)
+        assert [e.version for e in await mended.read_stream("s-2")] == list(range(1, len(s2) + 1))
+
+
 async def test_a_log_whose_stream_is_out_of_order_is_unreadable_not_rebuilt_forever(
     tmp_path: Path,
 ) -> None:

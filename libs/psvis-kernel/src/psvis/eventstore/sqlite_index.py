@@ -8,7 +8,9 @@ are written once per batch instead of once per append. The index is never the so
 truth: after a crash the tail is learnt again from the log, and a log written by another
 process is learnt the same way. An index whose entries, when a store opens it, are not one per
 event up to `upto` is rebuilt from the log; an entry pointing at the wrong event is found when it
-is read (IndexDisagrees).
+is read (IndexDisagrees). A damaged log holding one stream version twice cannot be indexed whole:
+the positions a rebuild could not index are kept in `stream_index_unindexed`, so an index short
+by just those events, each still a copy of an indexed version, is not rebuilt at every open.
 
 Stream ids are stored once, in `streams`; the index rows are small integers, so one page holds
 hundreds of them.
@@ -41,7 +43,12 @@ CREATE TABLE IF NOT EXISTS stream_index_state (
     id INTEGER PRIMARY KEY CHECK (id = 0),
     upto INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS stream_index_unindexed (
+    position INTEGER PRIMARY KEY
+);
 """
+
+INDEX_TABLES = ("stream_index", "streams", "stream_index_state", "stream_index_unindexed")
 
 # (stream id, version, position) of one event
 Entry = tuple[str, int, int]
@@ -74,11 +81,13 @@ class StreamIndex:
         self._conn = conn
         self._batch = batch
         conn.executescript(SCHEMA)
-        upto, entries = self._counts()
+        upto, entries, unindexed = self._counts()
         self._reset(upto)
-        if entries != upto + 1:
-            # one entry per event up to `upto`, else entries were lost (or added): a lost newest
-            # entry would give a stream an older head, and an append a version already taken
+        # one entry per event up to `upto` (but those a rebuild could not index), else entries
+        # were lost (or added): a lost newest entry would give a stream an older head, and an
+        # append a version already taken
+        whole = entries + unindexed == upto + 1 and self._unindexed_are_copies(unindexed)
+        if not whole:
             log.warning(
                 "the stream index holds %d entries for the %d events up to position %d:"
                 " rebuilding it from the log",
@@ -87,27 +96,51 @@ class StreamIndex:
                 upto,
             )
             self.rebuild()
-            upto, entries = self._counts()
-            if entries != upto + 1:
-                log.error(
-                    "the log holds events that share a stream and version (%d events, %d"
-                    " distinct); run `psvis audit verify`",
-                    upto + 1,
-                    entries,
-                )
-            return
-        self.learn_from_log()
-        if self.due:
-            self.flush()
+            upto, entries, _ = self._counts()
+        if entries != upto + 1:  # said at every open: the log is damaged
+            log.error(
+                "the log holds events that share a stream and version (%d events, %d"
+                " distinct); run `psvis audit verify`",
+                upto + 1,
+                entries,
+            )
+        if whole:
+            self.learn_from_log()
+            if self.due:
+                self.flush()
 
-    def _counts(self) -> tuple[int, int]:
-        """(upto, the entries stream_index holds for numbered streams), in one statement: one
-        snapshot, even while another writer flushes."""
-        upto, entries = self._conn.execute(
+    def _counts(self) -> tuple[int, int, int]:
+        """(upto, the entries stream_index holds for numbered streams, the events the last
+        rebuild could not index), in one statement: one snapshot, even while another writer
+        flushes."""
+        upto, entries, unindexed = self._conn.execute(
             "SELECT COALESCE((SELECT upto FROM stream_index_state WHERE id = 0), -1),"
-            " (SELECT COUNT(*) FROM stream_index i JOIN streams s ON s.no = i.no)"
+            " (SELECT COUNT(*) FROM stream_index i JOIN streams s ON s.no = i.no),"
+            " (SELECT COUNT(*) FROM stream_index_unindexed)"
         ).fetchone()
-        return int(upto), int(entries)
+        return int(upto), int(entries), int(unindexed)
+
+    def _unindexed_are_copies(self, unindexed: int) -> bool:
+        """Whether each of the `unindexed` events the last rebuild could not index is still
+        there, with the stream and version of an event indexed at another position: else the log
+        changed since, and an entry the index lacks may be a stream's newest."""
+        if not unindexed:
+            return True
+        rows = self._conn.execute(
+            "SELECT e.position, e.data FROM stream_index_unindexed u"
+            " JOIN events e ON e.position = u.position ORDER BY e.position"
+        ).fetchall()
+        if len(rows) != unindexed:
+            return False
+        for e in stored_events(rows):
+            indexed = self._conn.execute(
+                "SELECT i.position FROM streams s JOIN stream_index i ON i.no = s.no"
+                " WHERE s.stream_id = ? AND i.version = ?",
+                (e.stream_id, e.version),
+            ).fetchone()
+            if indexed is None or indexed[0] == e.position:
+                return False
+        return True
 
     def _reset(self, upto: int) -> None:
         """Know the events up to `upto` (in stream_index) and nothing in memory."""
@@ -203,13 +236,25 @@ class StreamIndex:
         """Forget the index, on disk and in memory, and learn it again from the whole log."""
 
         def forget(conn: sqlite3.Connection) -> None:
-            for table in ("stream_index", "streams", "stream_index_state"):
+            for table in INDEX_TABLES:
                 conn.execute(f"DELETE FROM {table}")
+
+        def note_unindexed(conn: sqlite3.Connection) -> None:
+            """The events up to `upto` the index holds no entry for: each has the stream and
+            version of an earlier event, which the index holds (the log is damaged)."""
+            conn.execute(
+                "INSERT INTO stream_index_unindexed (position) SELECT position FROM events"
+                " WHERE position <= ? AND position NOT IN (SELECT position FROM stream_index)",
+                (self.upto,),
+            )
 
         in_transaction(self._conn, forget)
         self._reset(-1)
         self.learn_from_log()
         self.flush()
+        upto, entries, _ = self._counts()
+        if entries != upto + 1:
+            in_transaction(self._conn, note_unindexed)
 
     def flush(self) -> None:
         """Write the tail to stream_index in one transaction, in key order."""
