@@ -353,6 +353,24 @@ async def test_two_stores_on_one_file_see_each_others_appends(tmp_path: Path) ->
         await db_b.close()
 
 
+async def test_a_lone_append_whose_position_another_writer_took_is_written_after_it(
+    tmp_path: Path,
+) -> None:
+    """A lone append to another stream, at a position another process has just taken: the
+    writer learns that process's event and writes its own at the next position."""
+    db_a, a = open_store(tmp_path / "psvis.db", "a")
+    db_b, b = open_store(tmp_path / "psvis.db", "b")
+    try:
+        (first,) = await a.append("from-a", 0, [event("a")])
+        (second,) = await b.append("from-b", 0, [event("b")])  # b has not seen a's event
+        assert (first.position, second.position) == (0, 1)
+        assert [e.version for e in await b.read_stream("from-a")] == [1]
+        assert await a.read_stream("from-b") == [second]
+    finally:
+        for closing in (a.close(), b.close(), db_a.close(), db_b.close()):
+            await closing
+
+
 async def test_one_bad_append_in_a_group_commit_fails_alone(tmp_path: Path) -> None:
     db, store = open_store(tmp_path / "psvis.db")
     try:

@@ -122,20 +122,13 @@ class SqliteEventStore:
     async def append(
         self, stream_id: str, expected_version: int, events: Sequence[NewEvent]
     ) -> list[RecordedEvent]:
-        request = _Append(
-            stream_id,
-            expected_version,
-            events,
-            [self._ids.new_id() for _ in events],
-            self._clock.now(),
-        )
+        ids = [self._ids.new_id() for _ in events]
+        recorded_at = self._clock.now()
         loop = asyncio.get_running_loop()
         if not self._queue and self._unyielded < UNYIELDED_APPENDS and _nothing_else_ready(loop):
             self._unyielded += 1
-            [result] = self._write_group([request])
-            if isinstance(result, Exception):
-                raise result
-            return result
+            return self._write_alone(stream_id, expected_version, events, ids, recorded_at)
+        request = _Append(stream_id, expected_version, events, ids, recorded_at)
         done: asyncio.Future[list[RecordedEvent]] = loop.create_future()
         self._queue.append((request, done))
         if not self._scheduled:
@@ -155,19 +148,72 @@ class SqliteEventStore:
             else:
                 done.set_result(result)
 
+    def _write_alone(
+        self,
+        stream_id: str,
+        expected: int,
+        events: Sequence[NewEvent],
+        ids: list[str],
+        recorded_at: datetime,
+    ) -> list[RecordedEvent]:
+        """Write an append that no other can join: what _write_group([it]) does, in the usual
+        case (its stream at the expected version, its position free), without a group's
+        bookkeeping. Any other case (a conflict, perhaps with a writer this index has not
+        learnt from yet; a taken position; an index that disagrees with the log; no events)
+        is decided by _write_group, as for a queued append."""
+        try:
+            head = self._index.head(stream_id)
+        except IndexDisagrees:
+            head = None
+        if head is None or head.version != expected or not events:
+            return self._written_alone(stream_id, expected, events, ids, recorded_at)
+        records = self._sealer.seal(
+            events,
+            ids,
+            stream_id=stream_id,
+            head_version=expected,
+            head_hash=head.hash,
+            recorded_at=recorded_at,
+            first_position=self._index.known + 1,
+        )
+        try:
+            self._insert(records)
+        except sqlite3.IntegrityError:  # another writer took the position
+            return self._written_alone(stream_id, expected, events, ids, recorded_at)
+        self._index.appended(records)
+        self._after_write()
+        return records
+
+    def _written_alone(
+        self,
+        stream_id: str,
+        expected: int,
+        events: Sequence[NewEvent],
+        ids: list[str],
+        recorded_at: datetime,
+    ) -> list[RecordedEvent]:
+        [result] = self._write_group([_Append(stream_id, expected, events, ids, recorded_at)])
+        if isinstance(result, Exception):
+            raise result
+        return result
+
     def _write_group(self, group: list[_Append]) -> list[list[RecordedEvent] | Exception]:
         """Write the appends in one transaction; each one's events, or why it was refused."""
         try:
             results = self._write(group)
         except Exception as e:  # the transaction as a whole failed: nothing was written
             results = [e] * len(group)
+        self._after_write()
+        return results
+
+    def _after_write(self) -> None:
+        """Wake whoever waits for appends, and write the stream index if it is due."""
         appended = self._appended
         if appended is not None:  # someone waits: the next waiters get an Event of their own,
             self._appended = None  # while a wait() made but not yet started (wait_for's task)
             appended.set()  # still sees this one set
         if self._index.due:
             self._flush_index()
-        return results
 
     def _flush_index(self) -> None:
         """Write the index's tail; a failure only delays it (the index is derived from the log).
