@@ -219,8 +219,41 @@ async def test_reg9_a_person_registered_again_is_one_record_whose_training_count
         ("p-1", "2024-03-05", "2024-03-06")
     ]
     before = await findings(clients.police, "2024-03-01", "REG-9", f"system-{sid}")
-    assert len(before) == 2  # neither trained nor filed yet on that day
-    assert await findings(clients.police, "2024-03-10", "REG-9", f"system-{sid}") == []
+    assert [f.status for f in before] == ["open", "open"]  # neither trained nor filed yet
+    after = await findings(clients.police, "2024-03-10", "REG-9", f"system-{sid}")
+    assert [f.status for f in after] == ["resolved", "resolved"]
+
+
+async def test_reg9_a_person_trained_and_filed_later_is_resolved_from_the_day_each_was_met(
+    clients,
+):
+    """REG-9 (Wuhan 16(2)): a person's training finding and police-filing finding stay listed
+    once met, resolved "until" the day each was met, and still open as of the days before."""
+    sid = await in_use_system(clients.unit)  # in use from 2024-02-01
+    await person(clients.unit, sid, "p-1")  # on file from 2024-01-15
+    await person(clients.unit, sid, "p-1", trained="2024-03-05")
+    await person(clients.unit, sid, "p-1", filed="2024-03-06")
+
+    async def reg9(as_of: str) -> list[tuple[str, str, str, str]]:
+        found = await findings(clients.police, as_of, "REG-9", f"system-{sid}")
+        return [(f.status, f.since, f.article, f.detail) for f in found]
+
+    untrained, unfiled = "p-1 has no recorded training", "p-1 is not filed with the police"
+    assert await reg9("2024-03-04") == [
+        ("open", "2024-02-01", "Wuhan 16(2)", untrained),
+        ("open", "2024-02-01", "Wuhan 16(2)", unfiled),
+    ]
+    trained = "p-1 had no recorded training until 2024-03-05"
+    assert await reg9("2024-03-05") == [
+        ("resolved", "2024-02-01", "Wuhan 16(2)", trained),
+        ("open", "2024-02-01", "Wuhan 16(2)", unfiled),
+    ]
+    filed = "p-1 was not filed with the police until 2024-03-06"
+    for as_of in ("2024-03-06", "2025-01-01"):
+        assert await reg9(as_of) == [
+            ("resolved", "2024-02-01", "Wuhan 16(2)", trained),
+            ("resolved", "2024-02-01", "Wuhan 16(2)", filed),
+        ], as_of
 
 
 async def test_reg9_a_later_training_does_not_undo_an_earlier_one(clients):
@@ -273,6 +306,16 @@ async def test_reg9_xian_a_persons_own_findings_start_when_they_are_on_file(clie
         "2024-03-05",
     )
     assert "p-1 has no recorded training" in untrained.detail
+    await person(clients.unit, sid, "p-1", trained="2024-04-01", on="2024-03-05")
+    _, trained = await findings(clients.police, "2024-04-01", "REG-9", f"system-{sid}")
+    assert (trained.status, trained.article, trained.since, trained.detail) == (
+        "resolved",
+        "Xi'an 22(2)",
+        "2024-03-05",
+        "p-1 had no recorded training until 2024-04-01",
+    )
+    (_, still) = await findings(clients.police, "2024-03-31", "REG-9", f"system-{sid}")
+    assert (still.status, still.detail) == ("open", "p-1 has no recorded training")
 
 
 async def test_reg9_a_person_registered_again_stays_on_file_since_the_first_day(clients):

@@ -38,7 +38,8 @@ def reg9(doc: Document, as_of: str) -> list[tuple[str, str, str]]:
 
 
 def test_reg9_a_person_recorded_without_a_date_is_on_file_from_the_systems_start() -> None:
-    """Logs written before on_file_since was kept fold and give the findings they gave."""
+    """Logs written before on_file_since was kept fold to a person on file since the system
+    went into use: untrained and unfiled until the days recorded, then resolved with them."""
     person = reg.MonitoringPersonnelRegistered(
         person_id="p-1", name="Wang", duty="monitoring",
         trained_on="2024-03-01", filed_with_police_on="2024-03-01",
@@ -48,7 +49,19 @@ def test_reg9_a_person_recorded_without_a_date_is_on_file_from_the_systems_start
         ("open", "2024-02-01", "p-1 has no recorded training"),
         ("open", "2024-02-01", "p-1 is not filed with the police"),
     ]
-    assert reg9(doc, "2024-03-01") == []
+    assert reg9(doc, "2024-03-01") == [
+        ("resolved", "2024-02-01", "p-1 had no recorded training until 2024-03-01"),
+        ("resolved", "2024-02-01", "p-1 was not filed with the police until 2024-03-01"),
+    ]
+
+
+def test_reg9_a_person_trained_and_filed_by_the_day_they_are_on_file_is_no_finding() -> None:
+    person = reg.MonitoringPersonnelRegistered(
+        person_id="p-1", name="Wang", duty="monitoring", on_file_since="2024-03-05",
+        trained_on="2024-03-05", filed_with_police_on="2024-01-12",
+    )  # fmt: skip
+    doc = in_use(person)
+    assert [status for status, _, _ in reg9(doc, "2024-06-01")] == ["resolved"]  # nobody, before
 
 
 def test_reg9_nobody_on_file_resolves_on_the_day_the_first_person_is() -> None:

@@ -89,11 +89,6 @@ def _deadline(
         yield finding(rule_id, pack, subject, late_since, "open", f"not filed; due {due}")
 
 
-def _on_or_before(value: str, as_of: date) -> bool:
-    day = _d(value)
-    return day is not None and day <= as_of
-
-
 def relocation_findings(doc: Document, pack: RulePack, as_of: date) -> Iterator[reg.Finding]:
     """REG-6, e.g. Xi'an 19: a move reported later than the days after it that the city allows."""
     subject = f"system-{doc['view']['system_id']}"
@@ -207,7 +202,9 @@ def personnel_findings(
 
     Only people on file by as_of count, each from the day they were put on file (one recorded
     before that day was kept: since the system's start). Nobody on file is open until the first
-    person is, then resolved with that day; a person's own findings start when they are on file.
+    person is, then resolved with that day; a person's own findings start when they are on file
+    (or when the system went into use, if later), open until the person is trained, or filed
+    with the police, then resolved with that day. A duty met by then is no finding.
     """
     personnel = pack.rule("personnel")
     if personnel.silent:
@@ -221,12 +218,31 @@ def personnel_findings(
         yield _nobody_on_file(pack, subject, in_use, training, police, first)
     for person, since in on_file:
         since = max(since, in_use)
-        if training and not _on_or_before(person.trained_on, as_of):
-            detail = f"{person.person_id} has no recorded training"
-            yield finding("personnel", pack, subject, since, "open", detail)
-        if police and not _on_or_before(person.filed_with_police_on, as_of):
-            detail = f"{person.person_id} is not filed with the police"
-            yield finding("personnel", pack, subject, since, "open", detail)
+        who = person.person_id
+        if training:
+            yield from _person_duty(
+                pack, subject, since, person.trained_on, as_of,
+                f"{who} has no recorded training", f"{who} had no recorded training",
+            )  # fmt: skip
+        if police:
+            yield from _person_duty(
+                pack, subject, since, person.filed_with_police_on, as_of,
+                f"{who} is not filed with the police", f"{who} was not filed with the police",
+            )  # fmt: skip
+
+
+def _person_duty(
+    pack: RulePack, subject: str, since: date, met_on: str, as_of: date, open_: str, met: str
+) -> Iterator[reg.Finding]:
+    """A person's training or police filing (REG-9), owed from `since`: open until the day it
+    was met, then resolved with that day; met by `since`, no finding."""
+    day = _d(met_on)
+    if day is not None and day <= since:
+        return
+    if day is not None and day <= as_of:
+        yield finding("personnel", pack, subject, since, "resolved", f"{met} until {day}")
+    else:
+        yield finding("personnel", pack, subject, since, "open", open_)
 
 
 def _on_file_since(person: reg.MonitoringPersonnelRegistered) -> date:
