@@ -178,7 +178,8 @@ async def test_the_police_declare_and_withdraw_a_site_through_the_cli(platform, 
     during = await psvis(platform, settings, "findings", "--as-of", "2024-03-09", **police)
     assert "open     REG-3  Wuhan 6(5)" in during.stdout and "site-fair" in during.stdout, during
     after = await psvis(platform, settings, "findings", "--as-of", "2024-03-10", **police)
-    assert after.stdout.strip() == "no findings", after
+    assert "resolved REG-3  Wuhan 6(5)" in after.stdout, after
+    assert "until 2024-03-10, when its declaration was withdrawn: the fair is over" in after.stdout
 
 
 async def test_reg2_a_relocation_places_each_camera_given_by_flags(platform, settings):

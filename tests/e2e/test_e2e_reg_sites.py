@@ -55,9 +55,10 @@ async def remove(stub, sid: str, on: str, plan: str = "") -> reg.CommandResult:
 
 
 @pytest.mark.parametrize("city", ["xian"])
-async def test_reg3_a_large_public_event_withdrawn_is_listed_only_before_its_withdrawal(clients):
+async def test_reg3_a_large_public_event_withdrawn_is_resolved_until_its_withdrawal(clients):
     """Xi'an 10: a large public event's site is mandatory while the event lasts. Withdrawn on
-    2024-05-10, it is no finding as of that day on, and still the open one it was before."""
+    2024-05-10 without a system there, its finding is resolved "until" that day (withdrawn) as
+    of that day on, and still the open one it was before."""
     await declare(clients.police, xian_site("expo", "large_public_event"), "2024-05-01")
     result = await withdraw(clients.police, "expo", "2024-05-10")
     assert (result.stream_id, result.version) == ("site-expo", 2)
@@ -69,7 +70,17 @@ async def test_reg3_a_large_public_event_withdrawn_is_listed_only_before_its_wit
         "2024-05-01",
     )
     for as_of in ("2024-05-10", "2025-01-01"):
-        assert await findings(clients.police, as_of, "REG-3") == [], as_of
+        (after,) = await findings(clients.police, as_of, "REG-3")
+        assert (after.subject, after.status, after.article, after.since) == (
+            "site-expo",
+            "resolved",
+            "Xi'an 10",
+            "2024-05-01",
+        ), as_of
+        assert after.detail == (
+            "large_public_event at 1 Jiefang Road had no system in use until 2024-05-10,"
+            " when its declaration was withdrawn: the event is over"
+        ), after.detail
 
 
 async def test_reg3_a_withdrawal_is_checked_and_a_refused_one_appends_nothing(clients, platform):
@@ -91,7 +102,9 @@ async def test_reg3_a_withdrawal_is_checked_and_a_refused_one_appends_nothing(cl
                  "site-fair was withdrawn on 2024-04-01")  # fmt: skip
     assert len(await platform.stores.events.read_stream("site-site-fair")) == 2
     assert await platform.stores.events.read_stream("site-site-none") == []
-    assert await findings(clients.police, "2024-04-01", "REG-3") == []
+    (withdrawn,) = await findings(clients.police, "2024-04-01", "REG-3")
+    assert (withdrawn.status, withdrawn.since) == ("resolved", "2024-03-01")
+    assert "until 2024-04-01, when its declaration was withdrawn" in withdrawn.detail
 
 
 # --- a site served late: resolved -------------------------------------------------------------
@@ -262,16 +275,63 @@ async def test_reg3_a_withdrawn_site_declared_again_owes_a_system_anew(clients, 
     assert (result.stream_id, result.version) == ("site-site-fair", 3)
     (first,) = await findings(clients.police, "2024-03-05", "REG-3")
     assert (first.status, first.since, first.article) == ("open", "2024-03-01", "Wuhan 6(5)")
-    assert await findings(clients.police, "2024-03-20", "REG-3") == []
-    (second,) = await findings(clients.police, "2024-04-05", "REG-3")
+    (withdrawn,) = await findings(clients.police, "2024-03-20", "REG-3")  # owes nothing then
+    assert (withdrawn.status, withdrawn.since, withdrawn.article) == (
+        "resolved",
+        "2024-03-01",
+        "Wuhan 6(5)",
+    )
+    assert "until 2024-03-10, when its declaration was withdrawn" in withdrawn.detail
+    earlier, second = await findings(clients.police, "2024-04-05", "REG-3")
+    assert earlier == withdrawn
     assert (second.status, second.since, second.article) == ("open", "2024-04-01", "Wuhan 6(2)")
     await expect(register(clients.unit, site_=fair, registered_on="2024-04-02"), REFUSED,
                  "declared by the police a transport site from 2024-04-01")  # fmt: skip
     sid = await register(clients.unit, site_=again)
     await into_use(clients.unit, sid, in_use_on="2024-04-10")
-    (served,) = await findings(clients.police, "2024-04-15", "REG-3")
-    assert (served.status, served.since) == ("resolved", "2024-04-01")
+    earlier, served = await findings(clients.police, "2024-04-15", "REG-3")
+    assert earlier == withdrawn and (served.status, served.since) == ("resolved", "2024-04-01")
     assert "until 2024-04-10" in served.detail, served.detail
     await withdraw(clients.police, "site-fair", "2024-05-01")
+    assert await findings(clients.police, "2024-06-01", "REG-3") == [withdrawn, served]
     await expect(withdraw(clients.police, "site-fair", "2024-05-02"), REFUSED,
                  "withdrawn on 2024-05-01")  # fmt: skip
+
+
+async def test_reg3_a_withdrawn_declarations_spells_stay_resolved_each_as_it_ended(clients):
+    """REG-3: withdrawn, a declaration keeps the findings it raised: a spell a system ended is
+    resolved as it was, the one still open at the withdrawal resolved until then (withdrawn);
+    as of the days it was in force they read as they did."""
+    metro = site("site-metro", category="transport")
+    await declare(clients.police, metro, "2024-01-01")
+    sid = await register(clients.unit, site_=metro)
+    await into_use(clients.unit, sid, in_use_on="2024-02-01")
+    await remove(clients.unit, sid, "2024-04-01", plan="PLAN-9")
+    await withdraw(clients.police, "site-metro", "2024-05-01", reason="the line closed")
+    spells = await findings(clients.police, "2024-04-30", "REG-3")
+    assert [(f.status, f.since) for f in spells] == [
+        ("resolved", "2024-01-01"),
+        ("open", "2024-04-01"),
+    ]
+    for as_of in ("2024-05-01", "2030-01-01"):
+        served, withdrawn = await findings(clients.police, as_of, "REG-3")
+        assert served == spells[0], as_of
+        assert (withdrawn.status, withdrawn.since, withdrawn.article) == (
+            "resolved",
+            "2024-04-01",
+            "Wuhan 6(2)",
+        )
+        assert withdrawn.detail == (
+            "transport at 1 Jiefang Road had no system in use until 2024-05-01, when its"
+            " declaration was withdrawn: the line closed"
+        ), withdrawn.detail
+
+
+async def test_reg3_a_declaration_withdrawn_before_the_measures_took_effect_has_no_finding(
+    clients,
+):
+    """Wuhan 26: a site declared and withdrawn before 2023-03-01 owed nothing, then or since."""
+    await declare(clients.police, site("site-metro", category="transport"), "2023-01-01")
+    await withdraw(clients.police, "site-metro", "2023-02-01")
+    for as_of in ("2023-01-15", "2023-03-01", "2025-01-01"):
+        assert await findings(clients.police, as_of, "REG-3") == [], as_of

@@ -333,8 +333,9 @@ def site_findings(
     declaration is withdrawn. A site with no system in use on as_of is an open finding since
     the first day of that spell; a spell that ended, on or before as_of, when a system went
     into use there (or moved there) is resolved, and says on which day. A site served from
-    the first day of its duty has no finding. As of the withdrawal on, the site is not listed;
-    declared again later, it owes a system anew from that declaration.
+    the first day of its duty has no finding. As of the withdrawal on, the declaration owes
+    nothing more: its spells stay listed, the one it ended resolved until the withdrawal (and
+    saying so). Declared again later, the site owes a system anew from that declaration.
     """
     categories = mandatory_categories(pack)
     served: dict[str, list[tuple[date, date]]] = {}
@@ -347,15 +348,23 @@ def site_findings(
         start = date.fromisoformat(doc["declared_on"])
         if pack.in_force is not None:
             start = max(start, pack.in_force)
-        withdrawn = _d(doc.get("withdrawn_on", ""))
-        if start > as_of or (withdrawn is not None and withdrawn <= as_of):
+        if start > as_of:
             continue
+        withdrawn = _d(doc.get("withdrawn_on", ""))
+        if withdrawn is None or withdrawn > as_of:
+            withdrawn = None  # in force on as_of: its duty runs to that day
+        stop = _plus(as_of, 1) if withdrawn is None else withdrawn
         subject, where = (
             f"site-{site['site_id']}",
             f"{site['category']} at {site.get('address', '')}",
         )
-        for since, until in _unserved(start, _plus(as_of, 1), served.get(site["site_id"], [])):
-            if until > as_of:
+        for since, until in _unserved(start, stop, served.get(site["site_id"], [])):
+            if until == withdrawn:
+                why = doc.get("withdrawal_reason") or "no reason kept"
+                f = finding("sites.mandatory", pack, subject, since, "resolved",
+                            f"{where} had no system in use until {until}, when its"
+                            f" declaration was withdrawn: {why}")  # fmt: skip
+            elif until > as_of:
                 f = finding("sites.mandatory", pack, subject, since, "open",
                             f"{where} has no system in use")  # fmt: skip
             else:
