@@ -161,3 +161,17 @@ def change(camera_id: str, attribute: str, value: str, *, approved: bool = True,
     return reg.ChangeFiled(camera_id=camera_id, attribute=attribute, new_value=value,
                            approval_ref="APP-7" if approved else "",
                            approved_by="district police" if approved else "", effective_on=on)  # fmt: skip
+
+
+async def declare(stub: Stub, site_: reg.Site, on: str) -> reg.CommandResult:
+    """The police declare a site mandatory (REG-3)."""
+    return await stub.DeclareMandatorySite(reg.DeclareMandatorySiteRequest(
+        declaration=reg.MandatorySiteDeclared(site=site_, declared_on=on)))  # fmt: skip
+
+
+async def withdraw(stub: Stub, site_id: str, on: str, reason: str = "the event is over",
+                   expected: int = 0) -> reg.CommandResult:  # fmt: skip
+    """The police withdraw a declared site (REG-3)."""
+    return await stub.WithdrawMandatorySite(reg.WithdrawMandatorySiteRequest(
+        site_id=site_id, expected_version=expected,
+        withdrawal=reg.MandatorySiteWithdrawn(withdrawn_on=on, reason=reason)))  # fmt: skip

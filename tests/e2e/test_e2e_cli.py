@@ -182,6 +182,55 @@ async def test_the_police_declare_and_withdraw_a_site_through_the_cli(platform, 
     assert "until 2024-03-10, when its declaration was withdrawn: the fair is over" in after.stdout
 
 
+async def test_reg3_declared_sites_are_read_with_get_site_and_sites(platform, settings):
+    """REG-3: `get-site` shows a site's declaration with its article and its withdrawal, and
+    `sites` lists them by address code, category and status; text, or JSON with --json."""
+    police = {"identity": "dev-police"}
+    for site_id, category, code in [("fair", "commerce_leisure_lodging", "420102001"),
+                                    ("metro", "transport", "420103001")]:  # fmt: skip
+        declared = MessageToDict(site(site_id, category=category, address_code=code),
+                                 preserving_proto_field_name=True)  # fmt: skip
+        run = await psvis(platform, settings, "declare-site", "--on", "2024-03-01", "--data",
+                          json.dumps({"site": declared}), **police)  # fmt: skip
+        assert run.status == 0, run
+    await psvis(platform, settings, "withdraw-site", "fair", "--on", "2024-03-10", "--reason",
+                "the fair is over", **police)  # fmt: skip
+    text = await psvis(platform, settings, "get-site", "fair", **police)
+    assert text.status == 0, text
+    assert text.stdout.splitlines()[0] == "fair  commerce_leisure_lodging  [withdrawn]  v2"
+    assert (
+        "  declared 2024-03-01 a commerce_leisure_lodging site (Wuhan 6(5)),"
+        " withdrawn 2024-03-10: the fair is over"
+    ) in text.stdout.splitlines()
+    view = (await psvis(platform, settings, "get-site", "fair", "--json", **police)).json
+    assert (view["status"], view["version"], view["earlier"]) == ("withdrawn", "2", [])
+    assert view["declaration"]["withdrawal"] == {
+        "withdrawn_on": "2024-03-10",
+        "reason": "the fair is over",
+    }
+    listed = await psvis(platform, settings, "sites", "--status", "in_force", "--json", **police)
+    assert [s["site_id"] for s in listed.json["sites"]] == ["metro"], listed
+    text = await psvis(platform, settings, "sites", "--address-code", "420102", **police)
+    (row,) = text.stdout.splitlines()
+    assert row.startswith("fair ") and "withdrawn" in row and "Wuhan 6(5)" in row, row
+    paged = await psvis(platform, settings, "sites", "--limit", "1", **police)
+    assert paged.stdout.splitlines()[1] == "more: --page-token 1", paged
+    none = await psvis(platform, settings, "sites", "--category", "transport",
+                       "--address-code", "4202", **police)  # fmt: skip
+    assert none.stdout.strip() == "no sites", none
+    unknown = await psvis(platform, settings, "get-site", "nowhere", "--json", **police)
+    assert unknown.status == 1 and unknown.json["error"]["code"] == "NOT_FOUND", unknown
+    assert "no site 'nowhere' is declared mandatory" in unknown.json["error"]["message"]
+    bad = await psvis(platform, settings, "sites", "--category", "casino", **police)
+    assert bad.status == 1 and "INVALID_ARGUMENT" in bad.stderr and "category" in bad.stderr
+    usage = await psvis(platform, settings, "sites", "--status", "open", **police)
+    assert usage.status == 2 and "invalid choice: 'open'" in usage.stderr, usage
+    denied = await psvis(platform, settings, "sites", "--json")  # dev-unit: not the police
+    assert denied.status == 1 and denied.json["error"]["code"] == "PERMISSION_DENIED", denied
+    helped = await psvis(platform, settings, "sites", "--help")
+    assert helped.status == 0 and "--status {in_force,withdrawn}" in helped.stdout, helped
+
+
 async def test_reg2_a_relocation_places_each_camera_given_by_flags(platform, settings):
     """REG-2 (Guangzhou 16 para 2): `relocate --camera ID=LON,LAT,CODE` says where each camera
     stands after the move, and the police's camera search finds it there."""

@@ -13,6 +13,7 @@ from e2e_kit import (
     XIAN,
     accept,
     build,
+    declare,
     expect,
     findings,
     into_use,
@@ -23,21 +24,10 @@ from e2e_kit import (
     system,
     use,
     version,
+    withdraw,
     xian_system,
 )
 from psvis.registry.v1 import registry_pb2 as reg
-
-
-async def declare(stub, site_: reg.Site, on: str) -> reg.CommandResult:
-    return await stub.DeclareMandatorySite(reg.DeclareMandatorySiteRequest(
-        declaration=reg.MandatorySiteDeclared(site=site_, declared_on=on)))  # fmt: skip
-
-
-async def withdraw(stub, site_id: str, on: str, reason: str = "the event is over",
-                   expected: int = 0) -> reg.CommandResult:  # fmt: skip
-    return await stub.WithdrawMandatorySite(reg.WithdrawMandatorySiteRequest(
-        site_id=site_id, expected_version=expected,
-        withdrawal=reg.MandatorySiteWithdrawn(withdrawn_on=on, reason=reason)))  # fmt: skip
 
 
 def xian_site(site_id: str, category: str) -> reg.Site:

@@ -30,6 +30,10 @@ POLICY: dict[str, frozenset[str]] = {
     "ListSystems": frozenset({UNIT, POLICE, AUDITOR}),
     "SearchCameras": frozenset({POLICE}),
     "ListFindings": frozenset({POLICE, AUDITOR}),
+    # REG-3: a unit reads the site it builds at by its id (the declared category binds its
+    # systems there); the list of every mandatory site is the police's and auditors'
+    "GetSite": frozenset({UNIT, POLICE, AUDITOR}),
+    "ListSites": frozenset({POLICE, AUDITOR}),
 }
 
 
@@ -286,4 +290,34 @@ class RegistryApi(reg_grpc.RegistryServiceServicer):
         found = await self._r.findings(as_of)
         return reg.ListFindingsResponse(
             findings=[f for f in found if not request.spec or f.spec == request.spec]
+        )
+
+    async def GetSite(
+        self, request: reg.GetSiteRequest, context: grpc.aio.ServicerContext
+    ) -> reg.SiteView:
+        authorise(context, "GetSite")
+        v.identifier(request.site_id, "site_id")
+        view = await self._r.site_view(request.site_id)
+        if view is None:
+            raise NotFound(f"no site {v.shown(request.site_id)} is declared mandatory")
+        return view
+
+    async def ListSites(
+        self, request: reg.ListSitesRequest, context: grpc.aio.ServicerContext
+    ) -> reg.ListSitesResponse:
+        authorise(context, "ListSites")
+        if request.address_code_prefix:
+            v.address_code(request.address_code_prefix, "address_code_prefix")
+        if request.category:
+            v.one_of(request.category, self._r.mandatory_categories(), "category")
+        if request.status:
+            v.one_of(request.status, domain.SITE_STATUSES, "status")
+        chosen = await self._r.site_ids(
+            request.address_code_prefix, request.category, request.status
+        )
+        start, size = _page(chosen, request.page_size, request.page_token)
+        more = start + size < len(chosen)
+        return reg.ListSitesResponse(
+            sites=await self._r.site_views(chosen[start : start + size]),
+            next_page_token=str(start + size) if more else "",
         )

@@ -22,7 +22,7 @@ from psvis.cli.client import (
 from psvis.registry.v1 import registry_pb2 as reg
 from psvis.registry.v1 import registry_pb2_grpc as reg_grpc
 
-from psvis_registry import rules
+from psvis_registry import domain, rules
 
 
 @dataclass(frozen=True)
@@ -320,6 +320,48 @@ def _cameras(args: argparse.Namespace) -> int:
     )
 
 
+def _declaration_line(d: reg.SiteDeclaration, *, category: bool = True) -> str:
+    line = f"declared {d.declared_on}" + (f" a {d.site.category} site" if category else "")
+    line += f" ({d.article})"
+    if d.HasField("withdrawal"):
+        line += f", withdrawn {d.withdrawal.withdrawn_on}: {d.withdrawal.reason}"
+    return line
+
+
+def _site_lines(view: reg.SiteView) -> list[str]:
+    """A site as get-site prints it (REG-3): the latest declaration, then the earlier ones."""
+    where = view.declaration.site
+    return [
+        f"{view.site_id}  {view.category}  [{view.status}]  v{view.version}",
+        f"  {view.address} [{view.address_code}] ({where.location.longitude}, {where.location.latitude})",
+        f"  {_declaration_line(view.declaration)}",
+        *(f"  earlier: {_declaration_line(d)}" for d in view.earlier),
+    ]
+
+
+def _get_site(args: argparse.Namespace) -> int:
+    request = reg.GetSiteRequest(site_id=args.site_id)
+    return _show(args, lambda stub: stub.GetSite(request), _site_lines, "")
+
+
+def _sites(args: argparse.Namespace) -> int:
+    request = reg.ListSitesRequest(
+        address_code_prefix=args.address_code or "", category=args.category or "",
+        status=args.status or "", page_size=args.limit, page_token=args.page_token or "",
+    )  # fmt: skip
+
+    def rows(r: reg.ListSitesResponse) -> list[str]:
+        lines = [
+            f"{s.site_id:20} {s.status:9} {s.category:34} {s.address_code:12} "
+            f"{_declaration_line(s.declaration, category=False)}"
+            for s in r.sites
+        ]
+        more = [f"more: --page-token {r.next_page_token}"] if r.next_page_token else []
+        return lines + more
+
+    return _show(args, lambda stub: stub.ListSites(request), rows, "no sites")
+
+
 def _findings(args: argparse.Namespace) -> int:
     request = reg.ListFindingsRequest(as_of=args.as_of or "", spec=args.spec or "")
     return _show(
@@ -429,6 +471,28 @@ def add_cli(sub: Any) -> None:
     p.add_argument("--limit", type=whole(1, 1000), default=100, help="page size, 1-1000")
     add_connection_flags(p)
     p.set_defaults(run=_cameras)
+
+    p = commands.add_parser(
+        "get-site",
+        help="a declared site (REG-3): its declaration with the article, withdrawal and earlier"
+        " declarations (police, auditors, units)",
+    )
+    p.add_argument("site_id", help="the site's id, as the police declared it")
+    add_connection_flags(p)
+    p.set_defaults(run=_get_site)
+
+    p = commands.add_parser("sites", help="list declared sites (REG-3; police, auditors)")
+    p.add_argument("--address-code", help="address code prefix")
+    p.add_argument("--category", help="a mandatory category of the city's pack")
+    p.add_argument(
+        "--status",
+        choices=sorted(domain.SITE_STATUSES),
+        help="in_force: the latest declaration stands; withdrawn: it was withdrawn",
+    )
+    p.add_argument("--limit", type=whole(1, 1000), default=100, help="page size, 1-1000")
+    p.add_argument("--page-token", help="the next page, as the previous page gave it")
+    add_connection_flags(p)
+    p.set_defaults(run=_sites)
 
     p = commands.add_parser(
         "findings", help="compliance findings with article (REG-1, 3, 5, 6, 7, 8, 9, 12)"

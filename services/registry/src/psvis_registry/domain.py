@@ -26,6 +26,11 @@ STATES = frozenset(
 )
 
 
+# REG-3: a declared site stands ("in_force") until its latest declaration is withdrawn
+IN_FORCE, WITHDRAWN = "in_force", "withdrawn"
+SITE_STATUSES = frozenset({IN_FORCE, WITHDRAWN})
+
+
 @dataclass(frozen=True)
 class Declaration:
     """One spell of a site's duty (REG-3): from declared_on until withdrawn_on, if withdrawn."""

@@ -29,7 +29,7 @@ from psvis_registry.domain import (
     system_stream,
 )
 from psvis_registry.findings import all_findings
-from psvis_registry.projections import PROJECTS, SITES, SYSTEMS
+from psvis_registry.projections import PROJECTS, SITES, SYSTEMS, site_status, site_view
 
 UNIT, POLICE = "management_unit", "police"
 ATTEMPTS = 100
@@ -188,6 +188,38 @@ class Registry:
 
     async def system_docs(self) -> list[dict[str, object]]:
         return [doc for _, doc in await self._p.reads.list(SYSTEMS) if doc.get("view")]
+
+    async def site_view(self, site_id: str) -> reg.SiteView | None:
+        """The site the police declared mandatory (REG-3), if they did."""
+        found = await self._p.reads.get(SITES, site_id)
+        if found is None or not found[0].get("declared_on"):
+            return None
+        return site_view(*found, self._article)
+
+    async def site_ids(self, address_code_prefix: str, category: str, status: str) -> list[str]:
+        """The declared sites whose latest declaration has that address code prefix, category
+        (any if empty) and status (any if empty), in site id order."""
+        return [
+            site_id for site_id, doc in await self._p.reads.list(SITES)
+            if doc.get("declared_on")
+            and doc.get("site", {}).get("address_code", "").startswith(address_code_prefix)
+            and category in ("", doc.get("site", {}).get("category"))
+            and status in ("", site_status(doc))
+        ]  # fmt: skip
+
+    async def site_views(self, site_ids: list[str]) -> list[reg.SiteView]:
+        found = await self._p.reads.get_many(SITES, site_ids)
+        return [site_view(*found[s], self._article) for s in site_ids if s in found]
+
+    def mandatory_categories(self) -> frozenset[str]:
+        """The site categories the city's pack makes mandatory (REG-3)."""
+        return frozenset(rules.mandatory_categories(self._p.pack))
+
+    def _article(self, category: str) -> str:
+        """The article making a site category mandatory; the rule's own for one the pack no
+        longer lists."""
+        rule = self._p.pack.rule("sites.mandatory")
+        return rules.mandatory_categories(self._p.pack).get(category, rule.article)
 
     def today(self) -> date:
         """Today in the city, by the platform's clock."""

@@ -276,6 +276,39 @@ def fold_site(doc: Document | None, event: Message, env: pb.EventEnvelope) -> Do
     return doc
 
 
+def site_view(doc: Document, version: int, article_of: Callable[[str], str]) -> reg.SiteView:
+    """A site's document as the SiteView the API gives (REG-3): its latest declaration, with
+    the article `article_of` its category, and the earlier ones."""
+    latest = _declaration(doc, article_of)
+    return reg.SiteView(
+        site_id=latest.site.site_id, category=latest.site.category, address=latest.site.address,
+        address_code=latest.site.address_code, declaration=latest, version=version,
+        status=site_status(doc),
+        earlier=[_declaration(d, article_of) for d in doc.get("earlier", [])],
+    )  # fmt: skip
+
+
+def site_status(doc: Document) -> str:
+    """REG-3: whether a site's latest declaration stands or was withdrawn."""
+    return domain.WITHDRAWN if doc.get("withdrawn_on") else domain.IN_FORCE
+
+
+def _declaration(doc: Document, article_of: Callable[[str], str]) -> reg.SiteDeclaration:
+    declared = ParseDict(
+        {"site": doc.get("site", {}), "declared_on": doc.get("declared_on", "")},
+        reg.MandatorySiteDeclared(),
+    )
+    out = reg.SiteDeclaration(
+        site=declared.site,
+        declared_on=declared.declared_on,
+        article=article_of(declared.site.category),
+    )
+    if doc.get("withdrawn_on"):
+        out.withdrawal.withdrawn_on = doc["withdrawn_on"]
+        out.withdrawal.reason = doc.get("withdrawal_reason", "")
+    return out
+
+
 def fold_project(doc: Document | None, event: Message, env: pb.EventEnvelope) -> Document:
     """A construction project's document: {"project_id", "milestones": {step: date}}."""
     doc = doc if doc is not None else {"project_id": "", "milestones": {}}
