@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import uuid
@@ -83,6 +84,7 @@ def test_a_stream_of_events_with_different_contexts_seals_each_one_exactly() -> 
         note("other actor", AT, inspector),
         note("later", AT + timedelta(minutes=1), inspector, correlation_id="k-9"),
         note("traced", AT + timedelta(minutes=1), inspector, trace=traced),
+        NewEvent(pb.TraceContext(traceparent="another type"), AT, CLERK, causation_id="c-1"),
         note("refused", AT, CLERK, refusal=Citation("REG-7", "Wuhan 16(5)", "REG-7", "no")),
         note("after a refusal", AT, CLERK),
         note("empty context", datetime(1970, 1, 1, tzinfo=UTC), Actor("")),
@@ -118,6 +120,7 @@ def test_a_sealer_seals_each_append_exactly_whatever_the_one_before_held() -> No
         ("s-1", AT, [note("a", AT, CLERK), note("b", AT, inspector, trace=traced)]),
         ("s-1", AT, [note("same all", AT, inspector, trace=dict(traced))]),
         ("s-2", AT, [note("other stream", AT, inspector)]),
+        ("s-2", AT, [NewEvent(pb.TraceContext(), AT, inspector, correlation_id="k-1")]),
         ("s-2", later, [note("later", later, Actor("unit-a", ("officer-1",), "clerk"))]),
         ("s-1", later, [note("equal actor", later, Actor("unit-a", ("officer-1",), "clerk"))]),
         ("s-3", datetime(2024, 3, 1, 8, 0), [note("naive", datetime(2024, 3, 1, 8, 0), CLERK)]),
@@ -169,6 +172,24 @@ def test_random_ids_are_distinct_version_4_uuids() -> None:
     for text in list(seen)[:500]:
         parsed = uuid.UUID(text)
         assert (parsed.version, parsed.variant, str(parsed)) == (4, uuid.RFC_4122, text)
+
+
+def test_random_ids_after_a_fork_are_not_the_parents() -> None:
+    """A child forked while ids are pooled reads its own bytes, not the parent's next ones."""
+    ids = RandomIds()
+    ids.new_id()  # the pool now holds the next ones
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next ids, to the parent
+        os.close(read)
+        os.write(write, " ".join(ids.new_id() for _ in range(3)).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as child:
+        childs = child.read().split()
+    os.waitpid(pid, 0)
+    parents = [ids.new_id() for _ in range(3)]
+    assert len(childs) == 3 and not set(childs) & set(parents)
 
 
 SEAL_MANY = """

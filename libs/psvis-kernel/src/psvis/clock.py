@@ -44,12 +44,38 @@ class IdSource(Protocol):
 
 
 class RandomIds:
-    """Random (version 4) UUIDs, as str(uuid.uuid4()) gives them, at half its cost."""
+    """Random (version 4) UUIDs, as str(uuid.uuid4()) gives them, at a third of its cost.
+
+    The random bytes are read from the OS 64 ids at a time (one system call instead of 64),
+    as hex; a process forked from this one reads its own, never the parent's unused ones.
+    """
+
+    POOL_BYTES = 1024
+
+    def __init__(self) -> None:
+        self._hex = ""
+        self._at = 0
+        self._forks = _forks
 
     def new_id(self) -> str:
-        h = os.urandom(16).hex()
+        at = self._at
+        if at == len(self._hex) or self._forks != _forks:
+            self._hex, self._forks, at = os.urandom(self.POOL_BYTES).hex(), _forks, 0
+        self._at = at + 32
+        h = self._hex[at : at + 32]
         variant = "89ab"[int(h[16], 16) & 3]
         return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{variant}{h[17:20]}-{h[20:]}"
+
+
+_forks = 0  # forks this process is down from: a RandomIds pool read before a fork is dropped
+
+
+def _forked() -> None:
+    global _forks
+    _forks += 1
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 class SequentialIds:

@@ -205,9 +205,10 @@ class Sealer:
     """seal_stream for a writer that seals one append after another, on one thread.
 
     One envelope message is kept filled in, from event to event and from call to call, and
-    serialised once per event: every field an event has of its own is set for each event; the
-    stream, the recording time and the context fields (occurred_at, actor, trace) only when they
-    differ from what the message holds. Setting a field costs a fraction of building the
+    serialised once per event: the event's id, version, payload and prev_hash are set for each
+    event; the stream, the recording time, the type, the refusal and the context fields
+    (occurred_at, actor, trace, causation and correlation ids) only when they differ from what
+    the message holds. Setting a field costs a fraction of building the
     message anew, and an unchanged field costs nothing. A field is marked as held only once it
     is set, so a failure half-way through a call leaves nothing stale for the next one.
 
@@ -228,6 +229,10 @@ class Sealer:
         self._occurred_at: datetime | None = None
         self._actor: Actor | None = None
         self._trace: Mapping[str, str] | None = None
+        self._descriptor: object = None  # the payload type whose name `type` holds
+        self._causation: str | None = None
+        self._correlation: str | None = None
+        self._refused = True  # whether `refusal` may be set
 
     def seal(
         self,
@@ -262,20 +267,30 @@ class Sealer:
             if event.trace is not self._trace and event.trace != self._trace:
                 _set_trace(env, event.trace)
                 self._trace = event.trace
+            payload = event.payload
+            if payload.DESCRIPTOR is not self._descriptor:
+                env.type = event.type
+                self._descriptor = payload.DESCRIPTOR
+            if event.causation_id != self._causation:
+                env.causation_id = self._causation = event.causation_id
+            if event.correlation_id != self._correlation:
+                env.correlation_id = self._correlation = event.correlation_id
             version += 1
-            env.event_id, env.stream_version, env.type = event_id, version, event.type
-            env.causation_id, env.correlation_id = event.causation_id, event.correlation_id
-            env.payload = event.payload.SerializeToString(deterministic=True)
+            env.event_id, env.stream_version = event_id, version
+            env.payload = payload.SerializeToString(deterministic=True)
             env.prev_hash = prev
-            if event.refusal is None:
-                env.ClearField("refusal")
-            else:
-                r = event.refusal
+            if event.refusal is not None:
+                r, self._refused = event.refusal, True
                 env.refusal.rule, env.refusal.article = r.rule, r.article
                 env.refusal.spec, env.refusal.reason = r.spec, r.reason
                 env.refusal.SetInParent()
+            elif self._refused:
+                env.ClearField("refusal")
+                self._refused = False
             data = env.SerializeToString(deterministic=True)
-            prev = event_hash(data)
+            leaf = _LEAF_PREFIX()  # event_hash(data)
+            leaf.update(data)
+            prev = leaf.digest()
             out.append(RecordedEvent.sealed(position, stream_id, version, event_id, data, prev))
             if first_position >= 0:
                 position += 1

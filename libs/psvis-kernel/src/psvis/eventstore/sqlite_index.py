@@ -168,16 +168,18 @@ class StreamIndex:
 
     def appended(self, records: Sequence[RecordedEvent]) -> None:
         """Events this writer has just committed, in position order."""
-        heads = self._heads
-        entries = []
-        for r in records:
+        if not records:
+            return
+        heads, tail = self._heads, self._tail
+        for r in records:  # each beyond `known`, so beyond `upto`: all go to the tail
             stream_id, version = r.stream_id, r.version
             heads.pop(stream_id, None)  # re-inserted last: the cache drops the oldest first
             heads[stream_id] = StreamHead(version, r.hash)
-            entries.append((stream_id, version, r.position))
+            tail.setdefault(stream_id, []).append((version, r.position))
         while len(heads) > HEADS_CACHED:
             del heads[next(iter(heads))]
-        self._add(entries)
+        self.known = records[-1].position
+        self._tail_size += len(records)
 
     def _add(self, entries: Iterable[Entry]) -> None:
         tail, upto, known, added = self._tail, self.upto, self.known, 0
