@@ -66,6 +66,7 @@ class IndexDisagrees(Exception):
 LEARNT_PER_PAGE = 5000  # rows of the log read at a time when learning it
 HEADS_CACHED = 65_536
 NUMBERS_CACHED = 262_144  # stream id -> number in `streams`, about 100 B each
+NUMBERS_READ = 500  # stream ids looked up in one statement (SQLite allows 999 parameters at least)
 
 
 class StreamIndex:
@@ -290,19 +291,27 @@ class StreamIndex:
         self.upto, self._tail, self._tail_size = upto, {}, 0
 
     def _numbers(self, names: set[str]) -> dict[str, int]:
-        """Each stream's number in `streams`, given one if it has none (inside a transaction)."""
+        """Each stream's number in `streams`, given one if it has none (inside a transaction).
+
+        Streams not numbered yet are inserted in one statement and their numbers read back in
+        chunks of NUMBERS_READ, whoever numbered them (this writer now, or another before).
+        """
         known = self._number_of
-        for name in sorted(names.difference(known)):
-            row = self._conn.execute(
-                "INSERT INTO streams (stream_id) VALUES (?) ON CONFLICT (stream_id) DO NOTHING"
-                " RETURNING no",
-                (name,),
-            ).fetchone()
-            if row is None:  # numbered by another writer
-                row = self._conn.execute(
-                    "SELECT no FROM streams WHERE stream_id = ?", (name,)
-                ).fetchone()
-            known[name] = int(row[0])
+        new = sorted(names.difference(known))
+        if new:
+            self._conn.executemany(
+                "INSERT INTO streams (stream_id) VALUES (?) ON CONFLICT (stream_id) DO NOTHING",
+                [(name,) for name in new],
+            )
+            for start in range(0, len(new), NUMBERS_READ):
+                chunk = new[start : start + NUMBERS_READ]
+                known.update(
+                    self._conn.execute(
+                        "SELECT stream_id, no FROM streams"
+                        f" WHERE stream_id IN ({','.join('?' * len(chunk))})",
+                        chunk,
+                    )
+                )
         numbers = {name: known[name] for name in names}
         while len(known) > NUMBERS_CACHED:
             del known[next(iter(known))]
