@@ -228,7 +228,7 @@ async def test_reg3_declared_sites_are_read_with_get_site_and_sites(platform, se
     denied = await psvis(platform, settings, "sites", "--json")  # dev-unit: not the police
     assert denied.status == 1 and denied.json["error"]["code"] == "PERMISSION_DENIED", denied
     helped = await psvis(platform, settings, "sites", "--help")
-    assert helped.status == 0 and "--status {in_force,withdrawn}" in helped.stdout, helped
+    assert helped.status == 0 and "--status {declared,in_force,withdrawn}" in helped.stdout, helped
 
 
 async def test_reg2_a_relocation_places_each_camera_given_by_flags(platform, settings):

@@ -3,8 +3,11 @@ article, its withdrawal, the declarations before it), who may read them, and bad
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 from e2e_kit import DENIED, INVALID, NOT_FOUND, XIAN, declare, expect, site, withdraw
+from psvis.clock import FixedClock
 from psvis.registry.v1 import registry_pb2 as reg
 
 
@@ -76,6 +79,23 @@ async def test_reg3_get_site_shows_a_withdrawal_and_the_declarations_before_the_
     assert view.declaration.withdrawal == reg.MandatorySiteWithdrawn(
         withdrawn_on="2024-05-01", reason="the line moved"
     )
+
+
+@pytest.mark.parametrize("clock", [FixedClock(datetime(2024, 6, 1, 4, 0, tzinfo=UTC))])
+async def test_reg3_a_sites_status_is_of_today_with_declarations_and_withdrawals_ahead(clients):
+    """Police may record a declaration or a withdrawal for a later day (an expo's dates are
+    known ahead): today (2024-06-01 in the city) a site withdrawn from 2024-07-01 is still in
+    force, one declared from then on is "declared", one withdrawn yesterday is "withdrawn"."""
+    await declare(clients.police, site("a-expo", category="commerce_leisure_lodging"), "2024-05-01")
+    await withdraw(clients.police, "a-expo", "2024-07-01", reason="the expo ends")
+    await declare(clients.police, site("b-station", category="transport"), "2024-07-01")
+    await declare(clients.police, site("c-fair", category="commerce_leisure_lodging"), "2024-05-01")
+    await withdraw(clients.police, "c-fair", "2024-05-31", reason="the fair is over")
+    statuses = {v.site_id: v.status for v in await list_sites(clients.police)}
+    assert statuses == {"a-expo": "in_force", "b-station": "declared", "c-fair": "withdrawn"}
+    assert (await get_site(clients.police, "a-expo")).status == "in_force"
+    assert [v.site_id for v in await list_sites(clients.police, status="declared")] == ["b-station"]
+    assert [v.site_id for v in await list_sites(clients.police, status="in_force")] == ["a-expo"]
 
 
 @pytest.mark.parametrize("city", ["xian"])

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from kernel_fixtures import build_log, note
+from psvis import pids
 from psvis.cli.client import CliError
 from psvis.cli.written import written_whole
 from rich.progress import Progress, TaskID
@@ -262,16 +263,21 @@ def test_a_replay_into_removes_partials_left_by_dead_replays_never_a_live_ones(
     SQLite's journals; the next replay into the same file removes them once that pid has ended.
     A running replay's partial, another file's, and one whose writer cannot be told, are kept."""
     with written_whole(folder / "probe.db") as written:
-        assert Path(written).name.startswith(f".probe.db.{os.getpid()}."), written
+        assert Path(written).name.startswith(f".probe.db.{pids.owner()}."), written
         Path(written).write_bytes(b"replayed")
     ended = subprocess.Popen([sys.executable, "-c", "pass"])
     ended.wait()  # reaped: its pid runs nothing now
     running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
-        dead = [f".out.db.{ended.pid}.0badf00d.partial{end}" for end in ("", "-journal", "-wal")]
+        dead = [
+            *(f".out.db.{ended.pid}@{pids.HOST}.0badf00d.partial{e}" for e in ("", "-journal")),
+            f".out.db.{ended.pid}.0badf00e.partial-wal",  # named before machines were
+        ]
         kept = [
-            f".out.db.{running.pid}.5eed5eed.partial",
-            f".out.db.{running.pid}.5eed5eed.partial-journal",
+            f".out.db.{running.pid}@{pids.HOST}.5eed5eed.partial",
+            f".out.db.{running.pid}@{pids.HOST}.5eed5eed.partial-journal",
+            # the same pid on another machine sharing the folder may be running there
+            f".out.db.{ended.pid}@other-host.example.0badf00d.partial",
             f".other.db.{ended.pid}.0badf00d.partial",  # another target's
             ".out.db.0badf00d.partial",  # no pid in its name: whose it is cannot be told
         ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -180,16 +181,41 @@ def test_random_ids_after_a_fork_are_not_the_parents() -> None:
     ids.new_id()  # the pool now holds the next ones
     read, write = os.pipe()
     pid = os.fork()
-    if pid == 0:  # the child: its next ids, to the parent
-        os.close(read)
-        os.write(write, " ".join(ids.new_id() for _ in range(3)).encode())
-        os._exit(0)
+    if pid == 0:  # the child: its next ids, to the parent; it never returns into pytest
+        try:
+            os.close(read)
+            os.write(write, " ".join(ids.new_id() for _ in range(3)).encode())
+        finally:
+            os._exit(0)
     os.close(write)
     with os.fdopen(read) as child:
         childs = child.read().split()
     os.waitpid(pid, 0)
     parents = [ids.new_id() for _ in range(3)]
     assert len(childs) == 3 and not set(childs) & set(parents)
+
+
+def test_random_ids_shared_by_threads_are_distinct() -> None:
+    """Threads drawing from one source at once never get the same id."""
+    ids = RandomIds()
+    drawn: list[list[str]] = [[] for _ in range(4)]
+
+    def draw(mine: list[str]) -> None:
+        for _ in range(5000):
+            mine.append(ids.new_id())
+
+    threads = [threading.Thread(target=draw, args=(mine,)) for mine in drawn]
+    switching = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads take turns as often as the interpreter allows
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(switching)
+    every = [i for mine in drawn for i in mine]
+    assert len(every) == 20_000 and len(set(every)) == 20_000
 
 
 SEAL_MANY = """

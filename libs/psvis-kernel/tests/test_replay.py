@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from google.protobuf.message import Message
 from kernel_fixtures import START, Log, build_log, note
+from psvis import pids
 from psvis.audit import replay
 from psvis.common.v1 import envelope_pb2 as pb
 from psvis.envelope import RecordedEvent
@@ -308,24 +309,29 @@ async def test_aud3_a_replay_removes_scratch_folders_of_dead_replays_never_a_liv
     ended.wait()  # reaped: its pid runs nothing now
     running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
-        dead = tmp_path / f"psvis-replay-{ended.pid}-k3j_9x2a"
+        dead = [
+            tmp_path / f"psvis-replay-{ended.pid}@{pids.HOST}-k3j_9x2a",
+            tmp_path / f"psvis-replay-{ended.pid}-k3j_9x2b",  # named before machines were
+        ]
         kept = [
-            tmp_path / f"psvis-replay-{running.pid}-a1b2c3d4",
+            tmp_path / f"psvis-replay-{running.pid}@{pids.HOST}-a1b2c3d4",
+            # the same pid on another machine sharing the folder may be running there
+            tmp_path / f"psvis-replay-{ended.pid}@other-host.example-a1b2c3d4",
             tmp_path / "psvis-replay-a1b2c3d4",  # no pid in its name: whose it is cannot be told
         ]
-        for folder in (dead, *kept):
+        for folder in (*dead, *kept):
             folder.mkdir()
             (folder / "part-0.db").write_bytes(b"half a share")
         own: list[str] = []
 
         def told(_: int) -> None:  # while the workers run
-            own.extend(p.name for p in tmp_path.glob(f"psvis-replay-{os.getpid()}-*"))
+            own.extend(p.name for p in tmp_path.glob(f"psvis-replay-{pids.owner()}-*"))
 
         into = tmp_path / "replayed.db"
         replayed = await replay(log.store, PROJECTIONS, ["notes"], workers=2, into=into,
                                 progress=told)  # fmt: skip
         await replayed.db.close()
-        assert own, "the replay's own scratch folder is named with its pid"
+        assert own, "the replay's own scratch folder is named with its pid and machine"
         assert sorted(tmp_path.glob("psvis-replay-*")) == sorted(kept)
     finally:
         running.kill()

@@ -72,6 +72,16 @@ async def fill(store: SqliteEventStore, streams: int, rounds: int) -> dict[str, 
     return versions
 
 
+def in_one_step(append: Coroutine[Any, Any, list[RecordedEvent]]) -> list[RecordedEvent]:
+    """Run an append one step: it must finish (return or raise) without suspending."""
+    try:
+        waits_on = append.send(None)
+    except StopIteration as finished:
+        return list(finished.value)
+    append.close()
+    pytest.fail(f"the append suspended, waiting on {waits_on!r}")
+
+
 async def test_a_store_that_never_flushed_its_index_is_read_back_exactly(tmp_path: Path) -> None:
     """A crash after appends: the tail of the index lived in memory only."""
     db, store = open_store(tmp_path / "psvis.db")
@@ -161,6 +171,23 @@ async def test_an_edited_index_is_rebuilt_from_the_log_not_trusted(
             assert read[: len(events)] == events
         report = await verify_store(reopened, SqliteCheckpointStore(db), [])
         assert report.ok, report
+
+
+async def test_a_lone_append_whose_head_the_index_gets_wrong_is_chained_to_the_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The first thing after opening is an append, written at once, to a stream whose newest
+    index entry points at another stream's event: the index is rebuilt, the append chained
+    to the stream's real head."""
+    async with store_at(tmp_path / "psvis.db") as (_, store):
+        versions = await fill(store, streams=3, rounds=4)
+        head = (await store.read_stream("s-1"))[-1]
+    edit_index(tmp_path / "psvis.db", "s-1", versions["s-1"], "s-2", 1)
+    async with store_at(tmp_path / "psvis.db", "again") as (_, reopened):
+        await asyncio.sleep(0)  # let whatever the test runner scheduled run first
+        (new,) = in_one_step(reopened.append("s-1", head.version, [event("next")]))
+        assert (new.version, new.envelope.prev_hash) == (head.version + 1, head.hash)
+        assert "the stream index disagrees with the log about stream 's-1'" in caplog.text
 
 
 LOSSES = {
@@ -362,7 +389,8 @@ async def test_a_lone_append_whose_position_another_writer_took_is_written_after
     db_b, b = open_store(tmp_path / "psvis.db", "b")
     try:
         (first,) = await a.append("from-a", 0, [event("a")])
-        (second,) = await b.append("from-b", 0, [event("b")])  # b has not seen a's event
+        await asyncio.sleep(0)  # let whatever the test runner scheduled run first
+        (second,) = in_one_step(b.append("from-b", 0, [event("b")]))  # b has not seen a's event
         assert (first.position, second.position) == (0, 1)
         assert [e.version for e in await b.read_stream("from-a")] == [1]
         assert await a.read_stream("from-b") == [second]
@@ -398,16 +426,6 @@ async def test_concurrent_appends_share_one_transaction_in_call_order(tmp_path: 
         assert store._checkpointer.commits == commits + 1  # one group, one transaction
         assert [r.position for (r,) in recorded] == list(range(32))
         assert [r.stream_id for (r,) in recorded] == [f"s-{k}" for k in range(32)]
-
-
-def in_one_step(append: Coroutine[Any, Any, list[RecordedEvent]]) -> list[RecordedEvent]:
-    """Run an append one step: it must finish (return or raise) without suspending."""
-    try:
-        waits_on = append.send(None)
-    except StopIteration as finished:
-        return list(finished.value)
-    append.close()
-    pytest.fail(f"the append suspended, waiting on {waits_on!r}")
 
 
 async def test_a_lone_append_is_written_without_waiting_for_the_loop(tmp_path: Path) -> None:

@@ -46,28 +46,39 @@ class IdSource(Protocol):
 class RandomIds:
     """Random (version 4) UUIDs, as str(uuid.uuid4()) gives them, at a third of its cost.
 
-    The random bytes are read from the OS 64 ids at a time (one system call instead of 64),
-    as hex; a process forked from this one reads its own, never the parent's unused ones.
+    Ids are made POOLED at a time from one read of the OS's random bytes (one system call
+    instead of POOLED) and handed out by list.pop, which is atomic: threads sharing a source
+    never get the same id. A process forked from this one makes its own, never the parent's.
     """
 
-    POOL_BYTES = 1024
+    POOLED = 64
 
     def __init__(self) -> None:
-        self._hex = ""
-        self._at = 0
+        self._pool: list[str] = []
         self._forks = _forks
 
     def new_id(self) -> str:
-        at = self._at
-        if at == len(self._hex) or self._forks != _forks:
-            self._hex, self._forks, at = os.urandom(self.POOL_BYTES).hex(), _forks, 0
-        self._at = at + 32
-        h = self._hex[at : at + 32]
+        if self._forks == _forks:
+            try:
+                return self._pool.pop()
+            except IndexError:
+                pass
+        pool, self._forks = _random_ids(self.POOLED), _forks
+        self._pool = pool
+        return pool.pop()
+
+
+def _random_ids(n: int) -> list[str]:
+    hexes = os.urandom(16 * n).hex()
+    out = []
+    for at in range(0, 32 * n, 32):
+        h = hexes[at : at + 32]
         variant = "89ab"[int(h[16], 16) & 3]
-        return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{variant}{h[17:20]}-{h[20:]}"
+        out.append(f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{variant}{h[17:20]}-{h[20:]}")
+    return out
 
 
-_forks = 0  # forks this process is down from: a RandomIds pool read before a fork is dropped
+_forks = 0  # forks this process is down from: a RandomIds pool made before a fork is dropped
 
 
 def _forked() -> None:

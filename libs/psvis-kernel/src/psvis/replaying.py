@@ -46,8 +46,8 @@ REPLAY = "replay"  # the name a replay's position is kept under in its read stor
 # below this many events a replay is over before worker processes have started
 WORKERS_FROM = 200_000
 MAX_WORKERS = 8
-# a replay's scratch folder: psvis-replay-<its pid>-<tempfile's random name>
-SCRATCH = re.compile(r"psvis-replay-(\d+)-[a-z0-9_]+")
+# a replay's scratch folder: psvis-replay-<its pids.owner()>-<tempfile's random name>
+SCRATCH = re.compile(rf"psvis-replay-{pids.OWNER}-[a-z0-9_]+")
 
 
 def usable_cores() -> int:
@@ -307,22 +307,22 @@ def _merge(conn: sqlite3.Connection, parts: Sequence[str]) -> None:
 
 
 def _scratch_folder(into: SqliteDatabase) -> tempfile.TemporaryDirectory[str]:
-    """A new folder for the workers' files, named with this process's pid; the scratch folders
-    there of replays whose process has ended are removed first."""
+    """A new folder for the workers' files, named with this process (pids.owner()); the scratch
+    folders there of replays whose process has ended are removed first."""
     where = _scratch_dir(into)
     remove_dead_scratch(Path(where if where is not None else tempfile.gettempdir()))
-    return tempfile.TemporaryDirectory(prefix=f"psvis-replay-{os.getpid()}-", dir=where)
+    return tempfile.TemporaryDirectory(prefix=f"psvis-replay-{pids.owner()}-", dir=where)
 
 
 def remove_dead_scratch(folder: Path) -> list[Path]:
     """Remove the scratch folders in `folder` of replays whose process has ended; those of a
-    running process, or of one that cannot be told (no pid in the name), stay."""
+    running process, of another machine's, or of one that cannot be told (no pid), stay."""
     removed = []
     for path in folder.iterdir():
         found = SCRATCH.fullmatch(path.name)
         if found is None or path.is_symlink() or not path.is_dir():
             continue
-        if not pids.running(int(found.group(1))):
+        if pids.ended(*found.groups()):
             shutil.rmtree(path, ignore_errors=True)  # another replay may be removing it too
             removed.append(path)
     return removed

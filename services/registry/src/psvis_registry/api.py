@@ -30,8 +30,8 @@ POLICY: dict[str, frozenset[str]] = {
     "ListSystems": frozenset({UNIT, POLICE, AUDITOR}),
     "SearchCameras": frozenset({POLICE}),
     "ListFindings": frozenset({POLICE, AUDITOR}),
-    # REG-3: a unit reads the site it builds at by its id (the declared category binds its
-    # systems there); the list of every mandatory site is the police's and auditors'
+    # REG-3: a unit reads a site by its id (its refusals name the site whose declared category
+    # binds its systems there); the list of every mandatory site is the police's and auditors'
     "GetSite": frozenset({UNIT, POLICE, AUDITOR}),
     "ListSites": frozenset({POLICE, AUDITOR}),
 }

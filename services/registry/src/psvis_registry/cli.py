@@ -487,7 +487,8 @@ def add_cli(sub: Any) -> None:
     p.add_argument(
         "--status",
         choices=sorted(domain.SITE_STATUSES),
-        help="in_force: the latest declaration stands; withdrawn: it was withdrawn",
+        help="the latest declaration today: in_force; withdrawn (on or before today);"
+        " declared (for a later day)",
     )
     p.add_argument("--limit", type=whole(1, 1000), default=100, help="page size, 1-1000")
     p.add_argument("--page-token", help="the next page, as the previous page gave it")

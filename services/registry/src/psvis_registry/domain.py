@@ -27,8 +27,8 @@ STATES = frozenset(
 
 
 # REG-3: a declared site stands ("in_force") until its latest declaration is withdrawn
-IN_FORCE, WITHDRAWN = "in_force", "withdrawn"
-SITE_STATUSES = frozenset({IN_FORCE, WITHDRAWN})
+IN_FORCE, WITHDRAWN, DECLARED = "in_force", "withdrawn", "declared"  # a site's, on a given day
+SITE_STATUSES = frozenset({IN_FORCE, WITHDRAWN, DECLARED})
 
 
 @dataclass(frozen=True)

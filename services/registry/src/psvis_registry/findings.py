@@ -343,7 +343,7 @@ def site_findings(
         for site_id, start, until in in_use_spans(doc, view):
             served.setdefault(site_id, []).append((start, until))
     declarations = [spell for doc in sites for spell in [*doc.get("earlier", []), doc]]
-    for doc in declarations:  # REG-3: of a site declared again, only the one in force counts
+    for doc in declarations:  # REG-3: each declaration on its own; a withdrawn one keeps its spells
         site = doc["site"]
         start = date.fromisoformat(doc["declared_on"])
         if pack.in_force is not None:
@@ -360,6 +360,7 @@ def site_findings(
         )
         for since, until in _unserved(start, stop, served.get(site["site_id"], [])):
             if until == withdrawn:
+                # a withdrawal logged before a reason was required has none
                 why = doc.get("withdrawal_reason") or "no reason kept"
                 f = finding("sites.mandatory", pack, subject, since, "resolved",
                             f"{where} had no system in use until {until}, when its"

@@ -194,22 +194,24 @@ class Registry:
         found = await self._p.reads.get(SITES, site_id)
         if found is None or not found[0].get("declared_on"):
             return None
-        return site_view(*found, self._article)
+        return site_view(*found, self._article, self.today())
 
     async def site_ids(self, address_code_prefix: str, category: str, status: str) -> list[str]:
         """The declared sites whose latest declaration has that address code prefix, category
-        (any if empty) and status (any if empty), in site id order."""
+        (any if empty) and status today (any if empty), in site id order."""
+        today = self.today()
         return [
             site_id for site_id, doc in await self._p.reads.list(SITES)
             if doc.get("declared_on")
             and doc.get("site", {}).get("address_code", "").startswith(address_code_prefix)
             and category in ("", doc.get("site", {}).get("category"))
-            and status in ("", site_status(doc))
+            and status in ("", site_status(doc, today))
         ]  # fmt: skip
 
     async def site_views(self, site_ids: list[str]) -> list[reg.SiteView]:
         found = await self._p.reads.get_many(SITES, site_ids)
-        return [site_view(*found[s], self._article) for s in site_ids if s in found]
+        today = self.today()
+        return [site_view(*found[s], self._article, today) for s in site_ids if s in found]
 
     def mandatory_categories(self) -> frozenset[str]:
         """The site categories the city's pack makes mandatory (REG-3)."""

@@ -9,6 +9,7 @@ runner hands them a document it owns), so an event costs its own size, not the d
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import date
 from typing import Any
 
 from google.protobuf.json_format import MessageToDict, ParseDict
@@ -276,21 +277,27 @@ def fold_site(doc: Document | None, event: Message, env: pb.EventEnvelope) -> Do
     return doc
 
 
-def site_view(doc: Document, version: int, article_of: Callable[[str], str]) -> reg.SiteView:
+def site_view(
+    doc: Document, version: int, article_of: Callable[[str], str], today: date
+) -> reg.SiteView:
     """A site's document as the SiteView the API gives (REG-3): its latest declaration, with
-    the article `article_of` its category, and the earlier ones."""
+    the article `article_of` its category, its status `today`, and the earlier ones."""
     latest = _declaration(doc, article_of)
     return reg.SiteView(
         site_id=latest.site.site_id, category=latest.site.category, address=latest.site.address,
         address_code=latest.site.address_code, declaration=latest, version=version,
-        status=site_status(doc),
+        status=site_status(doc, today),
         earlier=[_declaration(d, article_of) for d in doc.get("earlier", [])],
     )  # fmt: skip
 
 
-def site_status(doc: Document) -> str:
-    """REG-3: whether a site's latest declaration stands or was withdrawn."""
-    return domain.WITHDRAWN if doc.get("withdrawn_on") else domain.IN_FORCE
+def site_status(doc: Document, day: date) -> str:
+    """REG-3: a site's latest declaration on `day`: in force, withdrawn (on or before that day),
+    or declared for a later day (police may record a declaration or a withdrawal ahead)."""
+    withdrawn_on = doc.get("withdrawn_on")
+    if withdrawn_on and date.fromisoformat(withdrawn_on) <= day:
+        return domain.WITHDRAWN
+    return domain.IN_FORCE if date.fromisoformat(doc["declared_on"]) <= day else domain.DECLARED
 
 
 def _declaration(doc: Document, article_of: Callable[[str], str]) -> reg.SiteDeclaration:

@@ -1,8 +1,8 @@
 """`audit replay --into FILE`: the replay is written beside FILE and put there only once whole.
 
-The file being written is `.FILE.<pid>.<random>.partial`: a replay killed outright (SIGKILL,
-a power cut) cannot remove it, and the writer's pid in its name lets a later replay into
-the same FILE tell it from a running replay's, and remove it.
+The file being written is `.FILE.<pid>@<machine>.<random>.partial` (pids.owner()): a replay
+killed outright (SIGKILL, a power cut) cannot remove it, and the writer in its name lets a later
+replay into the same FILE on the same machine tell it from a running replay's, and remove it.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def written_whole(target: Path) -> Iterator[str]:
     What replays into `target` that were killed left beside it is removed first.
     """
     remove_dead_partials(target)
-    written = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.partial")
+    written = target.with_name(f".{target.name}.{pids.owner()}.{secrets.token_hex(4)}.partial")
     try:
         yield str(written)
         _put_in_place(written, target)
@@ -40,14 +40,16 @@ def written_whole(target: Path) -> Iterator[str]:
 
 def remove_dead_partials(target: Path) -> list[Path]:
     """Remove the partial files (and SQLite's beside them) of replays into `target` whose
-    process has ended; those of a running process, or of one that cannot be told, stay."""
+    process has ended; those of a running process, of another machine's, or of one that
+    cannot be told, stay."""
     partial = re.compile(
-        rf"\.{re.escape(target.name)}\.(\d+)\.[0-9a-f]+\.partial(?:{'|'.join(SQLITE_BESIDE)})?"
+        rf"\.{re.escape(target.name)}\.{pids.OWNER}\.[0-9a-f]+\.partial"
+        rf"(?:{'|'.join(SQLITE_BESIDE)})?"
     )
     removed = []
     for path in target.parent.iterdir():  # not a glob: FILE may hold [, * or ?
         found = partial.fullmatch(path.name)
-        if found is not None and not pids.running(int(found.group(1))):
+        if found is not None and pids.ended(*found.groups()):
             path.unlink(missing_ok=True)  # another replay may be removing it too
             removed.append(path)
     return removed

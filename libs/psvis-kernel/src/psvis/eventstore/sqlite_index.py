@@ -246,7 +246,7 @@ class StreamIndex:
             """The events up to `upto` the index holds no entry for: each has the stream and
             version of an earlier event, which the index holds (the log is damaged)."""
             conn.execute(
-                "INSERT INTO stream_index_unindexed (position) SELECT position FROM events"
+                "INSERT OR IGNORE INTO stream_index_unindexed (position) SELECT position FROM events"
                 " WHERE position <= ? AND position NOT IN (SELECT position FROM stream_index)",
                 (self.upto,),
             )
