@@ -285,6 +285,25 @@ async def test_a_log_holding_one_version_twice_is_rebuilt_once_and_named_at_ever
         assert [e.version for e in await mended.read_stream("s-2")] == list(range(1, len(s2) + 1))
 
 
+async def test_a_log_missing_an_event_is_said_to_miss_it_not_to_repeat_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A row deleted from the log leaves a position with no event: the index rebuilt from it is
+    short by that one, which the store names as a missing position, not as a repeated version."""
+    async with store_at(tmp_path / "psvis.db") as (_, store):
+        await fill(store, streams=3, rounds=4)
+        s1 = await store.read_stream("s-1")
+    edit_log(
+        tmp_path / "psvis.db",
+        ("DELETE FROM events WHERE position = ?", (s1[1].position,)),
+        ("DELETE FROM stream_index_state", ()),  # how far it was written is lost: rebuilt
+    )
+    async with store_at(tmp_path / "psvis.db"):
+        pass
+    assert "1 of the positions up to" in caplog.text and "hold no event" in caplog.text
+    assert "share a stream and version" not in caplog.text
+
+
 async def test_a_log_whose_stream_is_out_of_order_is_unreadable_not_rebuilt_forever(
     tmp_path: Path,
 ) -> None:

@@ -97,14 +97,9 @@ class StreamIndex:
                 upto,
             )
             self.rebuild()
-            upto, entries, _ = self._counts()
+            upto, entries, unindexed = self._counts()
         if entries != upto + 1:  # said at every open: the log is damaged
-            log.error(
-                "the log holds events that share a stream and version (%d events, %d"
-                " distinct); run `psvis audit verify`",
-                upto + 1,
-                entries,
-            )
+            _say_damage(upto, entries, unindexed)
         if whole:
             self.learn_from_log()
             if self.due:
@@ -316,6 +311,21 @@ class StreamIndex:
         while len(known) > NUMBERS_CACHED:
             del known[next(iter(known))]
         return numbers
+
+
+def _say_damage(upto: int, entries: int, unindexed: int) -> None:
+    """Name what keeps the index short of one entry per position up to `upto`: events that
+    repeat a stream's version (`unindexed`), and positions that hold no event (rows deleted,
+    or one moved beyond the others)."""
+    damage = []
+    if unindexed:
+        damage.append(
+            f"the log holds events that share a stream and version ({unindexed} of the"
+            f" {entries + unindexed} events up to position {upto})"
+        )
+    if missing := upto + 1 - entries - unindexed:
+        damage.append(f"{missing} of the positions up to {upto} hold no event")
+    log.error("%s; run `psvis audit verify`", "; ".join(damage))
 
 
 def check_history(stream_id: str, events: Sequence[RecordedEvent], first_version: int = 1) -> None:
