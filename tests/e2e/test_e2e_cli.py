@@ -267,3 +267,25 @@ async def test_reg9_personnel_are_on_file_from_the_day_given_by_on(platform, set
     assert run.status == 0 and "system-gate-4 is at version 2" in run.stdout, run.stderr
     view = (await psvis(platform, settings, "get", "gate-4", "--json")).json
     assert [p["on_file_since"] for p in view["personnel"]] == ["2024-03-05"]
+
+
+async def test_reg2_list_and_cameras_are_read_a_page_at_a_time(platform, settings):
+    """REG-2: `list` and `cameras` print a page of --limit rows and, when there is more, the
+    --page-token that gives the next page; that page follows on where the first one ended."""
+    for name in ("p-1", "p-2", "p-3"):
+        registered = MessageToDict(system(name), preserving_proto_field_name=True)
+        run = await psvis(platform, settings, "register", "--data", json.dumps(registered))
+        assert run.status == 0, run
+    first = await psvis(platform, settings, "list", "--limit", "2")
+    *rows, more = first.stdout.splitlines()
+    assert [r.split()[0] for r in rows] == ["p-1", "p-2"] and more == "more: --page-token 2"
+    last = await psvis(platform, settings, "list", "--limit", "2", "--page-token", "2")
+    assert [r.split()[0] for r in last.stdout.splitlines()] == ["p-3"], last
+    police = {"identity": "dev-police"}
+    cameras = await psvis(platform, settings, "cameras", "--limit", "2", "--json", **police)
+    token = cameras.json["next_page_token"]
+    rest = await psvis(platform, settings, "cameras", "--page-token", token, "--json", **police)
+    seen = [h["system_id"] for h in cameras.json["cameras"] + rest.json["cameras"]]
+    assert sorted(seen) == ["p-1", "p-2", "p-3"] and not rest.json["next_page_token"], rest
+    bad = await psvis(platform, settings, "list", "--address-code", "42 01")
+    assert bad.status == 1 and "INVALID_ARGUMENT" in bad.stderr and "address_code" in bad.stderr

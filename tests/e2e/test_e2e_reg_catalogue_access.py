@@ -127,6 +127,17 @@ async def test_reg2_catalogue_queries_reject_bad_input_and_units(clients):
             INVALID,
             "page_token",
         )
+    for prefix in ("4201 02", "42/01", "4" * 33):  # not an address code's beginning
+        await expect(
+            clients.police.ListSystems(reg.ListSystemsRequest(address_code_prefix=prefix)),
+            INVALID,
+            "address_code_prefix",
+        )
+        await expect(
+            clients.police.SearchCameras(reg.SearchCamerasRequest(address_code_prefix=prefix)),
+            INVALID,
+            "address_code_prefix",
+        )
 
 
 async def test_reg2_view_carries_catalogue_fields(clients):

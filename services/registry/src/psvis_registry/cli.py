@@ -292,32 +292,44 @@ def _show(
 
 def _list(args: argparse.Namespace) -> int:
     request = reg.ListSystemsRequest(managing_unit=args.unit or "", state=args.state or "",
-                                     address_code_prefix=args.address_code or "", page_size=args.limit)  # fmt: skip
+                                     address_code_prefix=args.address_code or "", page_size=args.limit,
+                                     page_token=args.page_token or "")  # fmt: skip
     return _show(
         args,
         lambda stub: stub.ListSystems(request),
-        lambda r: [
+        lambda r: _paged([
             f"{s.system_id:20} {s.state:16} {s.camera_count:3} cameras  v{s.version:<4} {s.managing_unit:14} {s.name}"
             for s in r.systems
-        ],
+        ], r.next_page_token),
         "no systems",
-    )
+    )  # fmt: skip
+
+
+def _page_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--limit", type=whole(1, 1000), default=100, help="page size, 1-1000")
+    p.add_argument("--page-token", help="the next page, as the previous page's last line gave it")
+
+
+def _paged(lines: list[str], next_page_token: str) -> list[str]:
+    """A page's lines, and how to ask for the next page if there is one."""
+    return lines + ([f"more: --page-token {next_page_token}"] if next_page_token else [])
 
 
 def _cameras(args: argparse.Namespace) -> int:
     box = args.bbox or [0.0, 0.0, 0.0, 0.0]
     request = reg.SearchCamerasRequest(address_code_prefix=args.address_code or "", min_longitude=box[0],
-                                       min_latitude=box[1], max_longitude=box[2], max_latitude=box[3], page_size=args.limit)  # fmt: skip
+                                       min_latitude=box[1], max_longitude=box[2], max_latitude=box[3], page_size=args.limit,
+                                       page_token=args.page_token or "")  # fmt: skip
     return _show(
         args,
         lambda stub: stub.SearchCameras(request),
-        lambda r: [
+        lambda r: _paged([
             f"{h.system_id:20} {h.camera.camera_id:12} {h.camera.device_type:10} {h.camera.place:12} "
             f"({h.camera.location.longitude}, {h.camera.location.latitude}) {h.camera.address_code}"
             for h in r.cameras
-        ],
+        ], r.next_page_token),
         "no cameras",
-    )
+    )  # fmt: skip
 
 
 def _declaration_line(d: reg.SiteDeclaration, *, category: bool = True) -> str:
@@ -356,8 +368,7 @@ def _sites(args: argparse.Namespace) -> int:
             f"{_declaration_line(s.declaration, category=False)}"
             for s in r.sites
         ]
-        more = [f"more: --page-token {r.next_page_token}"] if r.next_page_token else []
-        return lines + more
+        return _paged(lines, r.next_page_token)
 
     return _show(args, lambda stub: stub.ListSites(request), rows, "no sites")
 
@@ -457,7 +468,7 @@ def add_cli(sub: Any) -> None:
     p.add_argument("--unit")
     p.add_argument("--state")
     p.add_argument("--address-code", help="address code prefix")
-    p.add_argument("--limit", type=whole(1, 1000), default=100, help="page size, 1-1000")
+    _page_flags(p)
     add_connection_flags(p)
     p.set_defaults(run=_list)
 
@@ -468,7 +479,7 @@ def add_cli(sub: Any) -> None:
     p.add_argument(
         "--bbox", type=float, nargs=4, metavar=("MIN_LON", "MIN_LAT", "MAX_LON", "MAX_LAT")
     )
-    p.add_argument("--limit", type=whole(1, 1000), default=100, help="page size, 1-1000")
+    _page_flags(p)
     add_connection_flags(p)
     p.set_defaults(run=_cameras)
 
@@ -490,8 +501,7 @@ def add_cli(sub: Any) -> None:
         help="the latest declaration today: in_force; withdrawn (on or before today);"
         " declared (for a later day)",
     )
-    p.add_argument("--limit", type=whole(1, 1000), default=100, help="page size, 1-1000")
-    p.add_argument("--page-token", help="the next page, as the previous page gave it")
+    _page_flags(p)
     add_connection_flags(p)
     p.set_defaults(run=_sites)
 
