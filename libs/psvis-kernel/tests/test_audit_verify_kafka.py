@@ -31,13 +31,8 @@ from psvis.checkpoints_mongo import MongoCheckpointStore
 from psvis.clock import FixedClock
 from psvis.common.v1 import envelope_pb2 as pb
 from psvis.envelope import seal
-from psvis.eventstore.mongo_kafka import (
-    POSITION_HEADER,
-    STRIDE,
-    MongoKafkaEventStore,
-    _anchor_id,
-    ensure_topic,
-)
+from psvis.eventstore.mongo_docs import POSITION_HEADER, STRIDE, anchor_id
+from psvis.eventstore.mongo_kafka import MongoKafkaEventStore, ensure_topic
 from psvis.notary import Notary
 from psvis.signing import Signer, public_path
 from psvis.stores import Stores
@@ -180,7 +175,7 @@ async def rewrite_bookkeeping(store: MongoKafkaEventStore, offsets: list[int]) -
     await store.coll.log_index.delete_many({})
     for position in range(0, len(offsets), STRIDE):
         await store.coll.log_index.insert_one(
-            {"_id": _anchor_id(position), "offset": offsets[position]}
+            {"_id": anchor_id(position), "offset": offsets[position]}
         )
     end = offsets[-1] + 1 if offsets else 0
     await store.coll.relay.update_one(

@@ -17,7 +17,8 @@ from psvis.clock import FixedClock
 from psvis.distributed import open_distributed_stores
 from psvis.envelope import RecordedEvent
 from psvis.errors import ConcurrencyConflict, Unavailable
-from psvis.eventstore.mongo_kafka import MongoKafkaEventStore, OutboxRelay
+from psvis.eventstore.mongo_kafka import MongoKafkaEventStore
+from psvis.eventstore.outbox_relay import OutboxRelay
 from psvis.stores import Stores
 from store_harness import T0, TRACEPARENT, distributed_settings, event, open_distributed
 
@@ -165,7 +166,7 @@ CHILD = textwrap.dedent(
     from datetime import UTC, datetime
     from psvis.clock import FixedClock
     from psvis.distributed import open_distributed_stores
-    from psvis.eventstore.mongo_kafka import OutboxRelay
+    from psvis.eventstore.outbox_relay import OutboxRelay
     from psvis.settings import Settings
 
     async def main(namespace, point):

@@ -1,7 +1,7 @@
 """The live read models follow the log through a FastStream subscriber (distributed backend).
 
 The outbox relay writes each event to partition 0 of `<namespace>.events`, with its log position
-in the `psvis-position` header (psvis.eventstore.mongo_kafka). `subscribe_read_models` registers
+in the `psvis-position` header (psvis.eventstore.outbox_relay). `subscribe_read_models` registers
 a typed batch subscriber that turns those records into RecordedEvents and hands them to a
 `DeliveredLog`: the log that the platform's ProjectionRunner follows.
 
@@ -35,7 +35,7 @@ from google.protobuf.message import DecodeError
 
 from psvis.asyncapi import EventEnvelopeBytes, events_topic
 from psvis.envelope import NewEvent, RecordedEvent
-from psvis.eventstore.mongo_kafka import POSITION_HEADER
+from psvis.eventstore.mongo_docs import POSITION_HEADER
 from psvis.eventstore.port import EventStore, StreamHead
 
 log = logging.getLogger(__name__)

@@ -29,10 +29,9 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError
 
-from psvis.eventstore.mongo_kafka import BULK_CHUNK, upsert
+from psvis.eventstore.mongo_docs import BULK_CHUNK, Doc, upsert
 from psvis.readstore.port import Document, Write, canonical_json
 
-Doc = dict[str, Any]
 DUPLICATE_KEY = 11000
 INT64 = 1 << 63
 
