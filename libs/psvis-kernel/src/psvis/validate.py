@@ -84,6 +84,11 @@ def address_code(value: str, field: str) -> str:
     return value
 
 
+def address_code_prefix(value: str, field: str = "address_code_prefix") -> str:
+    """A query's address-code filter: the beginning of an address code, or empty (any)."""
+    return value and address_code(value, field)
+
+
 def coordinates(longitude: float, latitude: float, field: str) -> None:
     if not (-180.0 <= longitude <= 180.0) or not (-90.0 <= latitude <= 90.0):
         raise InvalidArgument(

@@ -219,8 +219,7 @@ class RegistryApi(reg_grpc.RegistryServiceServicer):
         caller = authorise(context, "ListSystems")
         if request.state:
             v.one_of(request.state, domain.STATES, "state")
-        if request.address_code_prefix:
-            v.address_code(request.address_code_prefix, "address_code_prefix")
+        v.address_code_prefix(request.address_code_prefix)
         views = [view_of(d) for d in await self._r.system_docs()]
         unit = caller.agency if caller.role == UNIT else request.managing_unit
         chosen = [
@@ -251,8 +250,7 @@ class RegistryApi(reg_grpc.RegistryServiceServicer):
         self, request: reg.SearchCamerasRequest, context: grpc.aio.ServicerContext
     ) -> reg.SearchCamerasResponse:
         authorise(context, "SearchCameras")
-        if request.address_code_prefix:
-            v.address_code(request.address_code_prefix, "address_code_prefix")
+        v.address_code_prefix(request.address_code_prefix)
         box = (
             request.min_longitude,
             request.min_latitude,
@@ -310,8 +308,7 @@ class RegistryApi(reg_grpc.RegistryServiceServicer):
         self, request: reg.ListSitesRequest, context: grpc.aio.ServicerContext
     ) -> reg.ListSitesResponse:
         authorise(context, "ListSites")
-        if request.address_code_prefix:
-            v.address_code(request.address_code_prefix, "address_code_prefix")
+        v.address_code_prefix(request.address_code_prefix)
         if request.category:
             v.one_of(request.category, self._r.mandatory_categories(), "category")
         if request.status:

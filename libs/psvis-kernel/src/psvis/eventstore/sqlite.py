@@ -166,7 +166,7 @@ class SqliteEventStore:
         except IndexDisagrees:
             head = None
         if head is None or head.version != expected or not events:
-            return self._write_as_group(stream_id, expected, events, ids, recorded_at)
+            return self._write_as_group(_Append(stream_id, expected, events, ids, recorded_at))
         records = self._sealer.seal(
             events,
             ids,
@@ -179,20 +179,13 @@ class SqliteEventStore:
         try:
             self._insert(records)
         except sqlite3.IntegrityError:  # another writer took the position
-            return self._write_as_group(stream_id, expected, events, ids, recorded_at)
+            return self._write_as_group(_Append(stream_id, expected, events, ids, recorded_at))
         self._index.appended(records)
         self._after_write()
         return records
 
-    def _write_as_group(
-        self,
-        stream_id: str,
-        expected: int,
-        events: Sequence[NewEvent],
-        ids: list[str],
-        recorded_at: datetime,
-    ) -> list[RecordedEvent]:
-        [result] = self._write_group([_Append(stream_id, expected, events, ids, recorded_at)])
+    def _write_as_group(self, request: _Append) -> list[RecordedEvent]:
+        [result] = self._write_group([request])
         if isinstance(result, Exception):
             raise result
         return result
