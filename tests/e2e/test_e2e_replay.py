@@ -25,6 +25,7 @@ from e2e_kit import (
     use,
 )
 from psvis.audit import replay
+from psvis.cli import audit as cli_audit
 from psvis.cli import main as cli_main
 from psvis.clock import RandomIds, SystemClock
 from psvis.eventstore.sqlite import SqliteEventStore
@@ -105,7 +106,7 @@ async def test_inv4_replayed_registry_read_models_equal_the_live_ones(
         out = json.loads(cli.stdout)
         assert (out["digest"], out["position"]) == (live_digest, size - 1), workers
 
-    monkeypatch.setattr(cli_main, "SHOWN", 4)
+    monkeypatch.setattr(cli_audit, "SHOWN", 4)
     replay_cli = ["audit", "replay", "--data-dir", str(settings.data_dir)]
     for extra, listed in (([], 4), (["--all"], 7)):
         capsys.readouterr()

@@ -129,7 +129,7 @@ def test_rules_check_without_packs_checks_those_the_platform_would_find(tmp_path
 
 
 def test_the_serve_banner_tells_clients_where_a_non_default_server_is() -> None:
-    from psvis.cli.main import _client_flags
+    from psvis.cli.serve import _client_flags
     from psvis.settings import Settings
 
     default = Settings(data_dir=Path(".psvis"), listen="127.0.0.1:50051")

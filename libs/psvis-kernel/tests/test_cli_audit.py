@@ -234,11 +234,11 @@ def test_verify_progress_total_is_bounded_by_the_rows_not_the_last_position(
 ) -> None:
     """AUD-2: the log's size is its last position + 1 (2**62 + 1 here); the progress bar counts
     to no more than the rows the table holds, as the verify itself goes by them."""
-    from psvis.cli import main as cli
+    from psvis.cli import audit, main
 
     edit(folder, statement)
     totals: list[float | None] = []
-    shown = cli._progress
+    shown = audit._progress
 
     def recorded(label: str) -> Progress:
         bar = shown(label)
@@ -251,8 +251,8 @@ def test_verify_progress_total_is_bounded_by_the_rows_not_the_last_position(
         bar.add_task = add  # type: ignore[method-assign]
         return bar
 
-    monkeypatch.setattr(cli, "_progress", recorded)
-    assert cli.main(["audit", "verify", "--data-dir", str(folder), "--json"]) == 1
+    monkeypatch.setattr(audit, "_progress", recorded)
+    assert main.main(["audit", "verify", "--data-dir", str(folder), "--json"]) == 1
     assert totals == [36 + statement.startswith("INSERT")], totals  # the rows, not 2**62 + 1
 
 
