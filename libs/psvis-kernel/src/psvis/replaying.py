@@ -6,8 +6,8 @@ of them read the same prefix of the log, positions 0..`last`, fixed before any s
 that grows meanwhile cannot give them different logs. Each worker writes its documents into a
 file of its own; they are copied into the replay's read store once every worker has finished,
 so a failed replay leaves none of its documents behind. Their files are in a scratch folder
-named with the replay's pid: one killed outright (SIGKILL, a power cut) cannot remove it, and
-the next replay there removes it once that pid has ended.
+named with the replay's pid and host (pids.owner()): one killed outright (SIGKILL, a power cut)
+cannot remove it, and the next replay there on that host removes it once that pid has ended.
 """
 
 from __future__ import annotations
@@ -314,18 +314,15 @@ def _scratch_folder(into: SqliteDatabase) -> tempfile.TemporaryDirectory[str]:
     return tempfile.TemporaryDirectory(prefix=f"psvis-replay-{pids.owner()}-", dir=where)
 
 
-def remove_dead_scratch(folder: Path) -> list[Path]:
+def remove_dead_scratch(folder: Path) -> None:
     """Remove the scratch folders in `folder` of replays whose process has ended; those of a
     running process, of another machine's, or of one that cannot be told (no pid), stay."""
-    removed = []
     for path in folder.iterdir():
         found = SCRATCH.fullmatch(path.name)
         if found is None or path.is_symlink() or not path.is_dir():
             continue
         if pids.ended(*found.groups()):
             shutil.rmtree(path, ignore_errors=True)  # another replay may be removing it too
-            removed.append(path)
-    return removed
 
 
 def _scratch_dir(into: SqliteDatabase) -> str | None:

@@ -26,8 +26,8 @@ STATES = frozenset(
 )
 
 
-# REG-3: a declared site stands ("in_force") until its latest declaration is withdrawn
-IN_FORCE, WITHDRAWN, DECLARED = "in_force", "withdrawn", "declared"  # a site's, on a given day
+# REG-3: a site's latest declaration on a given day: in force, withdrawn, or for a later day
+IN_FORCE, WITHDRAWN, DECLARED = "in_force", "withdrawn", "declared"
 SITE_STATUSES = frozenset({IN_FORCE, WITHDRAWN, DECLARED})
 
 

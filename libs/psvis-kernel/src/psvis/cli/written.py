@@ -38,7 +38,7 @@ def written_whole(target: Path) -> Iterator[str]:
             Path(f"{written}{end}").unlink(missing_ok=True)
 
 
-def remove_dead_partials(target: Path) -> list[Path]:
+def remove_dead_partials(target: Path) -> None:
     """Remove the partial files (and SQLite's beside them) of replays into `target` whose
     process has ended; those of a running process, of another machine's, or of one that
     cannot be told, stay."""
@@ -46,13 +46,10 @@ def remove_dead_partials(target: Path) -> list[Path]:
         rf"\.{re.escape(target.name)}\.{pids.OWNER}\.[0-9a-f]+\.partial"
         rf"(?:{'|'.join(SQLITE_BESIDE)})?"
     )
-    removed = []
     for path in target.parent.iterdir():  # not a glob: FILE may hold [, * or ?
         found = partial.fullmatch(path.name)
         if found is not None and pids.ended(*found.groups()):
             path.unlink(missing_ok=True)  # another replay may be removing it too
-            removed.append(path)
-    return removed
 
 
 def _put_in_place(written: Path, target: Path) -> None:

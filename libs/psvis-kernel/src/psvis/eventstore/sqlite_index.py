@@ -96,8 +96,7 @@ class StreamIndex:
                 upto + 1,
                 upto,
             )
-            self.rebuild()
-            upto, entries, unindexed = self._counts()
+            upto, entries, unindexed = self.rebuild()
         if entries != upto + 1:  # said at every open: the log is damaged
             _say_damage(upto, entries, unindexed)
         if whole:
@@ -230,8 +229,9 @@ class StreamIndex:
         ).fetchall()
         return [p for (p,) in indexed] + [p for _, p in self._tail.get(stream_id, ())]
 
-    def rebuild(self) -> None:
-        """Forget the index, on disk and in memory, and learn it again from the whole log."""
+    def rebuild(self) -> tuple[int, int, int]:
+        """Forget the index, on disk and in memory, and learn it again from the whole log; what
+        _counts() says of the index it wrote."""
 
         def forget(conn: sqlite3.Connection) -> None:
             for table in INDEX_TABLES:
@@ -251,8 +251,10 @@ class StreamIndex:
         self.learn_from_log()
         self.flush()
         upto, entries, _ = self._counts()
-        if entries != upto + 1:
-            in_transaction(self._conn, note_unindexed)
+        if entries == upto + 1:
+            return upto, entries, 0
+        in_transaction(self._conn, note_unindexed)
+        return self._counts()
 
     def flush(self) -> None:
         """Write the tail to stream_index in one transaction, in key order."""
