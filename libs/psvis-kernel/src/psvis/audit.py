@@ -147,7 +147,10 @@ async def _check_in_spans(
 
     The jobs (the ledger check, then a SpanChecker per span) go to the worker processes from
     the front, while this process takes its share from the back, so that workers still
-    starting hold nothing up. Spans are joined in order as they come in (join_span). Raises
+    starting hold nothing up. A worker holds its next job while it runs one, so that it
+    need not wait for this process to finish a job of its own before it is given another;
+    once nothing is left here, a job a worker holds but has not started is done here rather
+    than waited for. Spans are joined in order as they come in (join_span). Raises
     _Stop once the report is made, as LogVerifier does; a failure of the ledger is reported
     before any failure of the events.
     """
@@ -165,13 +168,18 @@ async def _check_in_spans(
     answered: set[Hashable] = set()
     ledger: LedgerCheck | None = None
     events_done = False  # joined to the end, or stopped at a failure
-    pool = JobPool(workers, "psvis-verify", _start_worker)
+    pool = JobPool(workers, "psvis-verify", _start_worker, depth=2)
     try:
         while ledger is None or not events_done:
-            for worker in pool.idle()[: len(todo)]:
+            while todo:  # a worker's job, and its next while more than one is left here
+                ready = pool.ready(1) or (pool.ready() if len(todo) > 1 else [])
+                if not ready:
+                    break
                 key = todo.popleft()
-                pool.give(worker, key, job(key))
+                pool.give(ready[0], key, job(key))
             if not (done := pool.finished()):
+                if not todo and (waiting := [k for k in pool.queued() if k not in answered]):
+                    todo.append(waiting[-1])  # not started by its worker: done here at once
                 if not todo:  # all is with the workers: wait, then do a late one's job here too
                     done = await pool.answers(timeout=WORKER_PATIENCE)
                     late = [key for key in pool.held() if key not in answered]
@@ -232,7 +240,7 @@ async def _ledger_checked(verifier: LogVerifier, in_worker: bool) -> AsyncIterat
         yield _Ledger(done)
         return
     pool = JobPool(1, "psvis-verify-ledger", _start_worker)
-    pool.give(pool.idle()[0], _LEDGER, verifier.ledger_job())
+    pool.give(pool.ready()[0], _LEDGER, verifier.ledger_job())
     found = asyncio.ensure_future(_ledger_answer(pool, verifier))
     try:
         yield _Ledger(found)

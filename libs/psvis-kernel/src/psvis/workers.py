@@ -14,8 +14,10 @@ import logging
 import socket
 import subprocess
 import sys
+from collections import deque
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any, Protocol
 
@@ -85,18 +87,26 @@ def spawn_worker(name: str) -> tuple[WorkerProcess, Connection]:
 class _Worker:
     process: WorkerProcess
     conn: Connection
-    key: Hashable | None = None  # of the job it holds, None when idle
-    sending: asyncio.Future[None] | None = None
-    given: int = 0  # when it was given its job, in jobs given by the pool
+    # the keys of the jobs sent and not yet answered, oldest first, each with when it was
+    # given (in jobs given by the pool); the worker runs them in that order
+    held: deque[tuple[int, Hashable]] = field(default_factory=deque)
+    # sends this worker's jobs one after another, in the order given
+    sender: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="psvis-job-send")
+    )
+    sending: asyncio.Future[None] | None = None  # the last send
 
 
 class JobPool:
-    """`count` worker processes; give() hands an idle one a job, finished() collects answers.
+    """`count` worker processes; give() hands a ready one a job, finished() collects answers.
 
-    Jobs go over from a thread (a job may carry megabytes, more than a pipe holds, and a
-    worker reads it only once it has started). A worker that dies is dropped, and finished()
-    hands its job back with WorkerGone for the caller to run elsewhere. Close the pool with
-    close(): it stops the workers still running, whatever they were doing.
+    A worker holds up to `depth` jobs: with 2, its next job waits for it while it runs one,
+    so it does not sit idle until the caller, busy with work of its own, next looks. Jobs go
+    over from a thread of the worker's own, in the order given (a job may carry megabytes,
+    more than a socket holds, and a worker reads it only once it has started or finished the
+    one before). A worker that dies is dropped, and finished() hands each job it held back
+    with WorkerGone for the caller to run elsewhere. Close the pool with close(): it stops
+    the workers still running, whatever they were doing.
     """
 
     def __init__(
@@ -104,10 +114,12 @@ class JobPool:
         count: int,
         name: str,
         start: Callable[[str], tuple[WorkerProcess, Connection]] = spawn_worker,
+        depth: int = 1,
     ) -> None:
         self._workers: list[_Worker] = []
         self._gone: list[_Worker] = []  # ended without answering
         self._given = 0
+        self._depth = depth
         try:
             for i in range(count):
                 self._workers.append(_Worker(*start(f"{name}-{i}")))
@@ -115,30 +127,32 @@ class JobPool:
             self._stop_all()
             raise
 
-    def idle(self) -> list[_Worker]:
-        return [w for w in self._workers if w.key is None]
+    def ready(self, depth: int | None = None) -> list[_Worker]:
+        """The workers holding fewer than `depth` jobs (the pool's depth by default), those
+        holding fewest first."""
+        most = self._depth if depth is None else depth
+        return sorted((w for w in self._workers if len(w.held) < most), key=lambda w: len(w.held))
 
     @property
     def busy(self) -> bool:
-        return any(w.key is not None for w in self._workers)
+        return any(w.held for w in self._workers)
 
     def give(self, worker: _Worker, key: Hashable, job: Job) -> None:
         loop = asyncio.get_running_loop()
         self._given += 1
-        worker.key, worker.given = key, self._given
-        worker.sending = loop.run_in_executor(None, worker.conn.send, job)
+        worker.held.append((self._given, key))
+        worker.sending = loop.run_in_executor(worker.sender, worker.conn.send, job)
         worker.sending.add_done_callback(
             take_error
         )  # a worker that died makes it fail: see finished
 
     def finished(self, timeout: float = 0) -> list[tuple[Hashable, Any]]:
-        """(key, answer) of each job done by now (or within timeout); WorkerGone for a
-        worker that ended without answering."""
-        busy = {w.conn: w for w in self._workers if w.key is not None}
-        done = []
+        """(key, answer) of each job done by now (or within timeout), one a worker; WorkerGone
+        for each job of a worker that ended without answering."""
+        busy = {w.conn: w for w in self._workers if w.held}
+        done: list[tuple[Hashable, Any]] = []
         for conn in wait(list(busy), timeout):
             worker = busy[conn]  # type: ignore[index]
-            key = worker.key
             try:
                 answer = worker.conn.recv()
             except (EOFError, OSError):
@@ -146,16 +160,23 @@ class JobPool:
                 if worker.process.is_alive():  # it closed its end and goes on: no worker of ours
                     worker.process.terminate()
                     worker.process.join()
-                answer = WorkerGone(f"exit code {worker.process.exitcode}")
+                gone = WorkerGone(f"exit code {worker.process.exitcode}")
                 self._workers.remove(worker)
                 self._gone.append(worker)  # its connection is closed by close(), after the send
-            worker.key = None
-            done.append((key, answer))
+                done += [(key, gone) for _, key in worker.held]
+                worker.held.clear()
+                continue
+            done.append((worker.held.popleft()[1], answer))
         return done
 
     def held(self) -> list[Hashable]:
         """The keys of the jobs workers hold, in the order they were given."""
-        return [w.key for w in sorted(self._workers, key=lambda w: w.given) if w.key is not None]
+        return [key for _, key in sorted(h for w in self._workers for h in w.held)]
+
+    def queued(self) -> list[Hashable]:
+        """The keys of the jobs workers hold behind another, not started when it was looked
+        at, in the order they were given."""
+        return [key for _, key in sorted(h for w in self._workers for h in list(w.held)[1:])]
 
     async def answers(self, timeout: float) -> list[tuple[Hashable, Any]]:
         """finished(), waiting up to `timeout` seconds for an answer (on a thread: the loop
@@ -177,6 +198,7 @@ class JobPool:
                 with contextlib.suppress(OSError, TimeoutError):  # its fd must outlive the write
                     await asyncio.wait_for(asyncio.shield(worker.sending), 5)
             worker.conn.close()
+            worker.sender.shutdown(wait=False)
         self._workers, self._gone = [], []
 
     def _stop_all(self) -> None:
