@@ -8,6 +8,9 @@ from collections.abc import Iterable
 EMPTY_ROOT = hashlib.sha256(b"").digest()
 
 
+_NODE_PREFIX = hashlib.sha256(b"\x01").copy
+
+
 def node_hash(left: bytes, right: bytes) -> bytes:
     return hashlib.sha256(b"\x01" + left + right).digest()
 
@@ -38,12 +41,12 @@ class MerkleTree:
         """Append 32-byte leaves stored back to back, as a checkpoint's ledger holds them.
 
         Whole aligned subtrees are hashed level by level on packed bytes: a pair of
-        children is one 64-byte slice, so a node costs one slice and one SHA-256.
+        children is one 64-byte slice, so a node costs one slice and one SHA-256, from a copy
+        of a hash that has taken the 0x01 already (no concatenation, no new digest object).
         `audit verify` rebuilds the whole tree from the ledgers this way, one node per event.
         """
         if len(packed) % 32:
             raise ValueError("Merkle leaves are 32-byte hashes")
-        sha256 = hashlib.sha256
         count, i = len(packed) // 32, 0
         while i < count:
             # the largest perfect subtree that starts at self.size and fits in what is left
@@ -52,9 +55,12 @@ class MerkleTree:
                 k >>= 1
             level = packed[32 * i : 32 * (i + k)]
             while len(level) > 32:
-                level = b"".join(
-                    [sha256(b"\x01" + level[j : j + 64]).digest() for j in range(0, len(level), 64)]
-                )
+                nodes = []
+                for j in range(0, len(level), 64):
+                    node = _NODE_PREFIX()
+                    node.update(level[j : j + 64])
+                    nodes.append(node.digest())
+                level = b"".join(nodes)
             self._push(k, level)
             i += k
 
