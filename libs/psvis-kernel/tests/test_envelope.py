@@ -10,10 +10,20 @@ import uuid
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from google.protobuf import struct_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 from psvis.clock import RandomIds
 from psvis.common.v1 import envelope_pb2 as pb
-from psvis.envelope import Actor, NewEvent, Sealer, event_hash, seal, seal_stream, timestamp
+from psvis.envelope import (
+    Actor,
+    NewEvent,
+    Sealer,
+    event_hash,
+    has_map_fields,
+    seal,
+    seal_stream,
+    timestamp,
+)
 from psvis.errors import Citation
 
 
@@ -164,6 +174,41 @@ def test_seal_of_one_event_matches_seal_stream() -> None:
     )
     alone = seal(event, event_id="ev-1", stream_id="s-1", version=1, prev_hash=b"", recorded_at=AT)
     assert record.data == alone
+
+
+def test_map_fields_are_found_wherever_a_message_holds_them() -> None:
+    from psvis.registry.v1 import registry_pb2 as reg
+
+    assert has_map_fields(struct_pb2.Struct.DESCRIPTOR)  # map<string, Value>
+    assert has_map_fields(struct_pb2.ListValue.DESCRIPTOR)  # Value -> Struct, a cycle
+    assert not has_map_fields(pb.EventEnvelope.DESCRIPTOR)
+    assert not has_map_fields(reg.SystemRegistered.DESCRIPTOR)
+
+
+def test_a_payload_with_maps_seals_to_the_same_bytes_whatever_order_it_was_filled_in() -> None:
+    """Map entries are sealed in a fixed order (deterministic serialisation), so that one
+    decision always gives one stored event."""
+    keys = [f"key-{i:03d}" for i in range(200)]
+    forwards, backwards = struct_pb2.Struct(), struct_pb2.Struct()
+    for key in keys:
+        forwards.fields[key].string_value = key
+    for key in reversed(keys):
+        backwards.fields[key].string_value = key
+    sealer = Sealer()
+    sealed = [
+        sealer.seal(
+            [NewEvent(body, AT, CLERK)],
+            ["ev-1"],
+            stream_id="s-1",
+            head_version=0,
+            head_hash=b"",
+            recorded_at=AT,
+        )[0].data
+        for body in (note("plain", AT, CLERK).payload, forwards, backwards)
+    ]
+    assert sealed[1] == sealed[2]
+    payload = pb.EventEnvelope.FromString(sealed[1]).payload
+    assert payload == forwards.SerializeToString(deterministic=True)
 
 
 def test_random_ids_are_distinct_version_4_uuids() -> None:

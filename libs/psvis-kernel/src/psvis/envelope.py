@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
 
+from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -201,6 +202,30 @@ def seal_stream(
     )
 
 
+def has_map_fields(descriptor: Descriptor) -> bool:
+    """Whether a message type has a map field, in itself or in a message it holds.
+
+    Protobuf's deterministic serialisation differs from the plain one only in the order of
+    map entries; for a type without maps, both give the same bytes, and the plain one costs
+    less (no keyword argument to parse): the sealer takes it for such payloads, and for the
+    envelope, which has none.
+    """
+    seen: set[str] = set()
+    todo = [descriptor]
+    while todo:
+        message = todo.pop()
+        if message.full_name in seen:
+            continue
+        seen.add(message.full_name)
+        if message.GetOptions().map_entry:
+            return True
+        todo += [f.message_type for f in message.fields if f.message_type is not None]
+    return False
+
+
+_ENVELOPE_MAPS = has_map_fields(pb.EventEnvelope.DESCRIPTOR)  # none today
+
+
 class Sealer:
     """seal_stream for a writer that seals one append after another, on one thread.
 
@@ -230,6 +255,7 @@ class Sealer:
         self._actor: Actor | None = None
         self._trace: Mapping[str, str] | None = None
         self._descriptor: object = None  # the payload type whose name `type` holds
+        self._maps = True  # whether that type has a map field, somewhere within
         self._causation: str | None = None
         self._correlation: str | None = None
         self._refused = True  # whether `refusal` may be set
@@ -271,13 +297,17 @@ class Sealer:
             if payload.DESCRIPTOR is not self._descriptor:
                 env.type = event.type
                 self._descriptor = payload.DESCRIPTOR
+                self._maps = has_map_fields(payload.DESCRIPTOR)
             if event.causation_id != self._causation:
                 env.causation_id = self._causation = event.causation_id
             if event.correlation_id != self._correlation:
                 env.correlation_id = self._correlation = event.correlation_id
             version += 1
             env.event_id, env.stream_version = event_id, version
-            env.payload = payload.SerializeToString(deterministic=True)
+            if self._maps:
+                env.payload = payload.SerializeToString(deterministic=True)
+            else:  # the same bytes (see has_map_fields), without a keyword argument to parse
+                env.payload = payload.SerializeToString()
             env.prev_hash = prev
             if event.refusal is not None:
                 r, self._refused = event.refusal, True
@@ -287,7 +317,11 @@ class Sealer:
             elif self._refused:
                 env.ClearField("refusal")
                 self._refused = False
-            data = env.SerializeToString(deterministic=True)
+            data = (
+                env.SerializeToString(deterministic=True)
+                if _ENVELOPE_MAPS
+                else env.SerializeToString()
+            )
             leaf = _LEAF_PREFIX()  # event_hash(data)
             leaf.update(data)
             prev = leaf.digest()
