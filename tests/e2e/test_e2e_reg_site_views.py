@@ -6,9 +6,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
+from conftest import secure_channel
 from e2e_kit import DENIED, INVALID, NOT_FOUND, XIAN, declare, expect, site, withdraw
 from psvis.clock import FixedClock
 from psvis.registry.v1 import registry_pb2 as reg
+from psvis.registry.v1 import registry_pb2_grpc as reg_grpc
+from psvis.server import start_platform
 
 
 async def get_site(stub, site_id: str) -> reg.SiteView:
@@ -175,3 +178,42 @@ async def test_reg3_list_sites_rejects_bad_filters(clients):
     ]
     for request, field in bad:
         await expect(clients.police.ListSites(request), INVALID, field)
+
+
+@pytest.mark.parametrize("backend", ["embedded"])
+async def test_reg3_sites_of_a_category_the_pack_no_longer_lists_can_still_be_listed_by_it(
+    settings, tmp_path
+):
+    """A city's pack drops a mandatory category (an article repealed): the sites declared under
+    it stay readable, listed by that category, with the rule's own article; a category that no
+    pack listed and no site holds is still refused."""
+
+    async def police_call(make_call):
+        platform = await start_platform(settings)
+        channel = secure_channel(f"localhost:{platform.port}", settings.pki_dir, "dev-police")
+        try:
+            return await make_call(reg_grpc.RegistryServiceStub(channel))
+        finally:
+            await channel.close()
+            await platform.stop(grace=0.5)
+
+    homes = site("homes-1", category="residential_areas", address_code="420102001")
+    await police_call(lambda police: declare(police, homes, "2024-01-01"))
+    pack = (settings.rules_dirs[0] / "wuhan.toml").read_text(encoding="utf-8")
+    repealed = [line for line in pack.splitlines() if 'category = "residential_areas"' in line]
+    assert len(repealed) == 1
+    rules = tmp_path / "rules-after"
+    rules.mkdir()
+    (rules / "wuhan.toml").write_text(pack.replace(repealed[0] + "\n", ""), encoding="utf-8")
+    for other in settings.rules_dirs[0].glob("*.toml"):
+        if other.name != "wuhan.toml":
+            (rules / other.name).write_text(other.read_text(encoding="utf-8"), encoding="utf-8")
+    settings.rules_dirs = [rules]
+
+    async def read(police):
+        listed = await list_sites(police, category="residential_areas")
+        await expect(police.ListSites(reg.ListSitesRequest(category="casino")), INVALID, "category")
+        return listed
+
+    listed = await police_call(read)
+    assert [(s.site_id, s.declaration.article) for s in listed] == [("homes-1", "Wuhan 6")]
