@@ -7,8 +7,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
+from typing import Any
 
-from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -202,8 +202,9 @@ def seal_stream(
     )
 
 
-def has_map_fields(descriptor: Descriptor) -> bool:
-    """Whether a message type has a map field, in itself or in a message it holds.
+def has_map_fields(descriptor: Any) -> bool:
+    """Whether a message type (its DESCRIPTOR, of whichever protobuf backend) has a map
+    field, in itself or in a message it holds.
 
     Protobuf's deterministic serialisation differs from the plain one only in the order of
     map entries; for a type without maps, both give the same bytes, and the plain one costs
