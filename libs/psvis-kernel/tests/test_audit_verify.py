@@ -23,7 +23,8 @@ from psvis import audit, workers
 from psvis.audit import verify_store
 from psvis.clock import SequentialIds
 from psvis.eventstore.port import StoredRow
-from psvis.eventstore.sqlite import SqliteEventStore, SqliteLogReader
+from psvis.eventstore.sqlite import SqliteEventStore
+from psvis.eventstore.sqlite_reader import SqliteLogReader
 from psvis.signing import Signer
 from psvis.sqlite_db import SqliteDatabase
 from psvis.workers import WorkerProcess

@@ -18,7 +18,9 @@ from psvis.envelope import event_hash
 from psvis.merkle import MerkleTree
 from psvis.notary import sign_checkpoint
 from psvis.signing import Signer
-from psvis.verify import LogVerifier, SpanChecker, _Stop
+from psvis.verify import LogVerifier
+from psvis.verify_report import Stop
+from psvis.verify_spans import SpanChecker
 
 LOG = "psvis.events/0"
 SIGNER = Signer(Ed25519PrivateKey.generate())
@@ -93,7 +95,7 @@ def verify(events: Events, records: list[CheckpointRecord], page: int) -> LogVer
         for start in range(0, len(events), page):
             verifier.check_page(events[start : start + page])
         verifier.finish()
-    except _Stop:
+    except Stop:
         pass
     return verifier
 
@@ -204,12 +206,12 @@ def verify_in_spans(
                     checker.check_page(mine[at : at + page])
                 if not checker.complete:
                     checker.rows_end(next((row[0] for row in rows if row[0] >= end), None))
-            except _Stop:
+            except Stop:
                 pass
             if not verifier.join_span(checker.report()):
                 break
         verifier.finish()
-    except _Stop:
+    except Stop:
         pass
     return verifier
 

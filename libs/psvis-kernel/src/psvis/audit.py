@@ -30,7 +30,10 @@ from psvis.replaying import (
 )
 from psvis.signing import key_id
 from psvis.sqlite_db import SqliteDatabase
-from psvis.verify import LedgerCheck, LogVerifier, SpanReport, VerifyReport, _Stop
+from psvis.verify import LogVerifier
+from psvis.verify_ledger import LedgerCheck
+from psvis.verify_report import Stop, VerifyReport
+from psvis.verify_spans import SpanReport
 from psvis.workers import Job, JobPool, WorkerGone, spawn_worker
 
 PAGE = 5000
@@ -80,7 +83,7 @@ async def verify_store(
         records = await checkpoints.all(events.log_id)
     except LogUnreadable as e:
         verifier = LogVerifier(events.log_id, [], {})
-        with contextlib.suppress(_Stop):
+        with contextlib.suppress(Stop):
             verifier.unreadable(str(e))
         return verifier.report
     verifier = LogVerifier(
@@ -95,14 +98,14 @@ async def verify_store(
     if span_workers is None:
         span_workers = usable_cores() - 1 if size >= SPANS_FROM else 0
     if path is not None and span_workers > 0 and size > 0:
-        with contextlib.suppress(_Stop):
+        with contextlib.suppress(Stop):
             await _check_in_spans(verifier, path, size, span_workers, progress)
             verifier.finish(first)
         return verifier.report
     if ledger_worker is None:
         ledger_worker = bool(records) and records[-1].tree_size >= LEDGER_WORKER_FROM
     async with _ledger_checked(verifier, ledger_worker) as ledger:
-        with contextlib.suppress(_Stop):  # a failure of the events stands unless the ledger fails
+        with contextlib.suppress(Stop):  # a failure of the events stands unless the ledger fails
             try:
                 await _check_events(verifier, events, ledger, progress)
             except LogUnreadable as e:
@@ -112,7 +115,7 @@ async def verify_store(
                 verifier.apply_ledger(await _settled(ledger, verifier))
             if verifier.report.ok:
                 verifier.finish(first)
-        except _Stop:
+        except Stop:
             pass
     return verifier.report
 
@@ -151,7 +154,7 @@ async def _check_in_spans(
     need not wait for this process to finish a job of its own before it is given another;
     once nothing is left here, a job a worker holds but has not started is done here rather
     than waited for. Spans are joined in order as they come in (join_span). Raises
-    _Stop once the report is made, as LogVerifier does; a failure of the ledger is reported
+    Stop once the report is made, as LogVerifier does; a failure of the ledger is reported
     before any failure of the events.
     """
     # the ledger at the back: this process starts with it while the workers start
@@ -209,7 +212,7 @@ async def _check_in_spans(
                 while not events_done and verifier.next_offset in spans:
                     events_done = not verifier.join_span(spans.pop(verifier.next_offset))
                 events_done = events_done or verifier.next_offset >= size
-            except _Stop:
+            except Stop:
                 events_done = True
             if events_done:
                 todo = deque(k for k in todo if k == _LEDGER)
@@ -217,7 +220,7 @@ async def _check_in_spans(
         await pool.close()
     verifier.apply_ledger(ledger)
     if not verifier.report.ok:
-        raise _Stop
+        raise Stop
 
 
 @dataclass

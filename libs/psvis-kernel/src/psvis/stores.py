@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from psvis.checkpoints import CheckpointStore, SqliteCheckpointStore
 from psvis.clock import Clock, RandomIds, SystemClock
 from psvis.eventstore.port import EventStore, LogSource
-from psvis.eventstore.sqlite import SqliteEventStore, SqliteLogReader
+from psvis.eventstore.sqlite import SqliteEventStore
+from psvis.eventstore.sqlite_reader import SqliteLogReader
 from psvis.readstore.port import ReadStore
 from psvis.readstore.sqlite import SqliteReadStore
 from psvis.settings import Settings

@@ -1,7 +1,7 @@
 """Worker processes that each run the jobs they are sent, one at a time (for `audit verify`).
 
-A job is a picklable callable. A worker is a fresh interpreter running verify.serve_fd, which
-imports only what its jobs need: multiprocessing's spawn would also import the parent's
+A job is a picklable callable. A worker is a fresh interpreter running workers_serve.serve_fd,
+which imports only what its jobs need: multiprocessing's spawn would also import the parent's
 __main__ (for the CLI, all of it) in every worker, and fork would copy the parent's threads
 (its database's) half-way.
 """
@@ -24,7 +24,7 @@ from typing import Any, Protocol
 log = logging.getLogger(__name__)
 
 Job = Callable[[], Any]
-_SERVE = "import sys; from psvis.verify import serve_fd; serve_fd(int(sys.argv[1]))"
+_SERVE = "import sys; from psvis.workers_serve import serve_fd; serve_fd(int(sys.argv[1]))"
 
 
 class WorkerGone(Exception):

@@ -9,7 +9,7 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from psvis.clock import Clock, IdSource
 from psvis.envelope import NewEvent, RecordedEvent, Sealer
@@ -22,7 +22,7 @@ from psvis.eventstore.port import (
     stored_events,
 )
 from psvis.eventstore.sqlite_index import IndexDisagrees, StreamIndex, check_history
-from psvis.eventstore.sqlite_spans import STORED_ROWS
+from psvis.eventstore.sqlite_reader import PAGE_BYTES, STORED_EXTENT, extent
 from psvis.sqlite_conn import connect, in_transaction
 from psvis.sqlite_db import SqliteDatabase, WalCheckpointer
 
@@ -41,11 +41,6 @@ CREATE TABLE IF NOT EXISTS events (
 # else about an event (version, id) is read from its envelope.
 
 INSERT = "INSERT INTO events (position, stream_id, data) VALUES (?, ?, ?)"
-# the stored rows (sqlite_spans.STORED_ROWS) of a page after a position
-PAGE_BYTES = STORED_ROWS + " WHERE position > ? ORDER BY position LIMIT ?"
-# the rows and the least position (StoredExtent) in one statement: one scan to count, and a
-# seek for the least (COUNT(*) and MIN(position) side by side would read every row for both)
-STORED_EXTENT = "SELECT (SELECT COUNT(*) FROM events), (SELECT MIN(position) FROM events)"
 # a log written before the events table lost its version and event_id columns
 _OLD_COLUMNS = {"position", "stream_id", "version", "event_id", "data"}
 
@@ -350,7 +345,7 @@ class SqliteEventStore:
 
     async def stored_extent(self) -> StoredExtent:
         """The rows the events table holds and their least position (STORED_EXTENT)."""
-        return _extent(await self._db.run(lambda c: c.execute(STORED_EXTENT).fetchone()))
+        return extent(await self._db.run(lambda c: c.execute(STORED_EXTENT).fetchone()))
 
     async def close(self) -> None:
         """Write the stream index and close this store's connection (the database is the opener's)."""
@@ -381,53 +376,8 @@ def _still_disagrees(disagreement: IndexDisagrees) -> LogUnreadable:
     )
 
 
-def _extent(row: tuple[int, int | None]) -> StoredExtent:
-    rows, first = row
-    return StoredExtent(int(rows), None if first is None else int(first))
-
-
 def _log_page(conn: sqlite3.Connection, after: int, limit: int) -> list[tuple[int, bytes]]:
     return conn.execute(
         "SELECT position, data FROM events WHERE position > ? ORDER BY position LIMIT ?",
         (after, limit),
     ).fetchall()
-
-
-class SqliteLogReader:
-    """The embedded log opened read-only, for `audit verify` and `audit replay`.
-
-    It creates and writes nothing: no schema, no stream index, no WAL mode. A damaged file
-    raises LogUnreadable, which the audit reports; pages are read as PAGE_BYTES reads them.
-    """
-
-    def __init__(self, db: SqliteDatabase, log_id: str = "psvis.events/0") -> None:
-        self._db = db  # opened read_only by the caller, whose it stays
-        self.path = db.path
-        self.log_id = log_id
-
-    async def read_page_bytes(self, after: int, limit: int) -> list[StoredRow]:
-        return await self._read(PAGE_BYTES, (after, limit))
-
-    async def read_page(self, after: int, limit: int) -> list[RecordedEvent]:
-        return stored_events(
-            (position, data) for position, data, _ in await self.read_page_bytes(after, limit)
-        )
-
-    async def log_size(self) -> int:
-        [(n,)] = await self._read("SELECT COALESCE(MAX(position), -1) + 1 FROM events", ())
-        return int(n)
-
-    async def stored_extent(self) -> StoredExtent:
-        """The rows the events table holds and their least position (STORED_EXTENT)."""
-        [row] = await self._read(STORED_EXTENT, ())
-        return _extent(row)
-
-    async def wait_for_append(self, timeout: float) -> None:
-        """An audit reads what is stored; what is appended meanwhile, it reads next time."""
-        await asyncio.sleep(timeout)
-
-    async def _read(self, sql: str, args: tuple[int, ...]) -> list[Any]:
-        try:
-            return await self._db.run(lambda c: c.execute(sql, args).fetchall())
-        except sqlite3.Error as e:
-            raise LogUnreadable(f"the log at {self.path} cannot be read: {e}") from e

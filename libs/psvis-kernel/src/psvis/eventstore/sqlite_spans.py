@@ -8,7 +8,8 @@ from __future__ import annotations
 import sqlite3
 
 from psvis.sqlite_conn import connect_read_only
-from psvis.verify import SpanChecker, SpanReport, _Stop
+from psvis.verify_report import Stop
+from psvis.verify_spans import SpanChecker, SpanReport
 
 # (position, stored bytes, stored stream id) of a page, as audit verify reads them: a damaged
 # row's value that is not a blob comes as the bytes of its text (and fails its check), a NULL
@@ -42,7 +43,7 @@ def check_span_file(path: str, start: int, end: int, leaves: bytes, page: int = 
                 "SELECT MIN(position) FROM events WHERE position >= ?", (end,)
             ).fetchone()
             checker.rows_end(following)
-    except _Stop:
+    except Stop:
         pass
     except sqlite3.Error as e:
         checker.unreadable(f"the log at {path} cannot be read: {e}")
