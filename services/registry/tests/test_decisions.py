@@ -9,7 +9,7 @@ from psvis.decision import Accepted, Refused
 from psvis.errors import FailedPrecondition, InvalidArgument, NotFound
 from psvis.registry.v1 import registry_pb2 as reg
 from psvis.rulepack import RulePack, check_requirements, load_pack
-from psvis_registry import rules
+from psvis_registry import rules, rules_common
 from psvis_registry.domain import SystemState, evolve
 
 RULES = Path(__file__).resolve().parents[3] / "rules"
@@ -88,7 +88,7 @@ def test_reg5_failed_acceptance_needs_rectification_then_reacceptance(pack: Rule
 
 def test_reg5_xian_requires_a_passed_design_review_at_mandatory_sites() -> None:
     state = SystemState("sys-1")
-    evolve(state, system(category=next(iter(rules.mandatory_categories(xian())))))
+    evolve(state, system(category=next(iter(rules_common.mandatory_categories(xian())))))
     decision = rules.complete_construction(
         state, reg.ConstructionCompleted(completed_on="2024-02-01"), xian()
     )

@@ -15,7 +15,7 @@ from psvis.registry.v1 import registry_pb2 as reg
 from psvis.registry.v1 import registry_pb2_grpc as reg_grpc
 from psvis.rulepack import SPEC_ID
 
-from psvis_registry import domain, rules
+from psvis_registry import domain, rules, rules_records
 from psvis_registry.handlers import POLICE, UNIT, Decide, Registry
 from psvis_registry.projections import view_of
 
@@ -147,12 +147,12 @@ class RegistryApi(reg_grpc.RegistryServiceServicer):
 
     async def AttachArchive(self, request, context):  # type: ignore[no-untyped-def]
         return await self._command(
-            context, "AttachArchive", request, rules.attach_archive, request.archive
+            context, "AttachArchive", request, rules_records.attach_archive, request.archive
         )
 
     async def RecordSignage(self, request, context):  # type: ignore[no-untyped-def]
         return await self._command(
-            context, "RecordSignage", request, rules.record_signage, request.signage
+            context, "RecordSignage", request, rules_records.record_signage, request.signage
         )
 
     async def RegisterMonitoringPersonnel(self, request, context):  # type: ignore[no-untyped-def]
@@ -160,18 +160,26 @@ class RegistryApi(reg_grpc.RegistryServiceServicer):
             context,
             "RegisterMonitoringPersonnel",
             request,
-            rules.register_personnel,
+            rules_records.register_personnel,
             request.person,
         )
 
     async def SetClassification(self, request, context):  # type: ignore[no-untyped-def]
         return await self._command(
-            context, "SetClassification", request, rules.set_classification, request.classification
+            context,
+            "SetClassification",
+            request,
+            rules_records.set_classification,
+            request.classification,
         )
 
     async def RecordInspection(self, request, context):  # type: ignore[no-untyped-def]
         return await self._command(
-            context, "RecordInspection", request, rules.record_inspection, request.inspection
+            context,
+            "RecordInspection",
+            request,
+            rules_records.record_inspection,
+            request.inspection,
         )
 
     async def RecordProjectMilestone(

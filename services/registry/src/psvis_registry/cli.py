@@ -1,52 +1,37 @@
-"""`psvis registry ...`: file and manage video systems from the command line."""
+"""`psvis registry ...`: file and manage video systems from the command line.
+
+The commands that change the registry are here, with the parser of all of them; how their flags
+are declared and read is in cli_flags, the queries and their printing in cli_queries."""
 
 from __future__ import annotations
 
 import argparse
 import hashlib
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from google.protobuf.message import Message
-from psvis.cli.client import (
-    CliError,
-    add_connection_flags,
-    channel,
-    payload_from,
-    run_rpc,
-    to_json,
-    whole,
-)
+from psvis.cli.client import CliError, add_connection_flags, payload_from, run_rpc, to_json, whole
 from psvis.registry.v1 import registry_pb2 as reg
-from psvis.registry.v1 import registry_pb2_grpc as reg_grpc
 
-from psvis_registry import domain, rules
-
-
-@dataclass(frozen=True)
-class Flag:
-    flag: str
-    field: str
-    kind: str = "str"  # str, bool, list, float, int, placement (a list of CameraPlacement)
-    help: str = ""
-    required: bool = False
-
-
-@dataclass(frozen=True)
-class Command:
-    name: str
-    help: str
-    rpc: str
-    request: type[Message]
-    payload_field: str
-    flags: tuple[Flag, ...]
-
-
-def on(field: str) -> Flag:
-    return Flag("--on", field, "str", "date, e.g. 2024-03-01", True)
-
+from psvis_registry import domain, rules_projects
+from psvis_registry.cli_flags import (
+    Command,
+    Flag,
+    add_flags,
+    fill,
+    on,
+    payload_flags,
+    registry_stub,
+)
+from psvis_registry.cli_queries import (
+    get_site,
+    get_system,
+    list_findings,
+    list_sites,
+    list_systems,
+    page_flags,
+    search_cameras,
+)
 
 COMMANDS = [
     Command("file", "file the system with the police (REG-1)", "FileSystem", reg.FileSystemRequest, "filing",
@@ -98,66 +83,6 @@ COMMANDS = [
 ]  # fmt: skip
 
 
-def _fill(message: Message, flags: tuple[Flag, ...], args: argparse.Namespace) -> None:
-    for f in flags:
-        value = getattr(args, _dest(f))
-        if value in (None, [], False):
-            continue
-        if f.kind in ("list", "placement"):
-            getattr(message, f.field).extend(value)
-        else:
-            setattr(message, f.field, value)
-
-
-def _dest(f: Flag) -> str:
-    return f.flag.lstrip("-").replace("-", "_")
-
-
-def _add_flags(parser: argparse.ArgumentParser, flags: tuple[Flag, ...]) -> None:
-    for f in flags:
-        if f.kind == "bool":
-            parser.add_argument(f.flag, action="store_true", help=f.help)
-        elif f.kind in ("list", "placement"):
-            parser.add_argument(
-                f.flag,
-                action="append",
-                default=[],
-                type=_placement if f.kind == "placement" else str,
-                metavar="CAMERA_ID=LON,LAT,CODE" if f.kind == "placement" else None,
-                help=f.help + " (repeatable)",
-                required=f.required,
-            )
-        else:
-            parser.add_argument(
-                f.flag, type=float if f.kind == "float" else str, help=f.help, required=f.required
-            )
-
-
-def _placement(text: str) -> reg.CameraPlacement:
-    """CAMERA_ID=LONGITUDE,LATITUDE,ADDRESS_CODE: where a camera stands after a move (REG-2)."""
-    camera_id, _, place = text.partition("=")
-    parts = place.split(",")
-    try:
-        if not camera_id or len(parts) != 3:
-            raise ValueError
-        longitude, latitude = float(parts[0]), float(parts[1])
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not CAMERA_ID=LONGITUDE,LATITUDE,ADDRESS_CODE (e.g. c1=114.31,30.61,420102001)"
-        ) from None
-    location = reg.GeoPoint(longitude=longitude, latitude=latitude)
-    return reg.CameraPlacement(camera_id=camera_id, location=location, address_code=parts[2])
-
-
-def _payload_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", help="payload as JSON (protobuf field names); flags override it")
-    parser.add_argument("--file", help="payload JSON from a file, or - for stdin")
-
-
-def _stub(args: argparse.Namespace) -> reg_grpc.RegistryServiceStub:
-    return reg_grpc.RegistryServiceStub(channel(args))
-
-
 def _print_result(args: argparse.Namespace, response: reg.CommandResult) -> None:
     if args.json:
         print(to_json(response))
@@ -170,7 +95,7 @@ def _print_result(args: argparse.Namespace, response: reg.CommandResult) -> None
 def _run_command(command: Command, args: argparse.Namespace) -> int:
     payload_cls = type(getattr(command.request(), command.payload_field))
     payload = payload_cls()
-    _fill(payload, command.flags, args)
+    fill(payload, command.flags, args)
     if command.name == "archive" and args.document:
         try:
             content = Path(args.document).read_bytes()
@@ -182,7 +107,7 @@ def _run_command(command: Command, args: argparse.Namespace) -> int:
     getattr(request, command.payload_field).CopyFrom(payload)
 
     async def call() -> None:
-        _print_result(args, await getattr(_stub(args), command.rpc)(request))
+        _print_result(args, await getattr(registry_stub(args), command.rpc)(request))
 
     return run_rpc(call)
 
@@ -192,7 +117,7 @@ def _register(args: argparse.Namespace) -> int:
 
     async def call() -> None:
         _print_result(
-            args, await _stub(args).RegisterSystem(reg.RegisterSystemRequest(system=system))
+            args, await registry_stub(args).RegisterSystem(reg.RegisterSystemRequest(system=system))
         )
 
     return run_rpc(call)
@@ -204,7 +129,7 @@ def _declare_site(args: argparse.Namespace) -> int:
     async def call() -> None:
         request = reg.DeclareMandatorySiteRequest()
         request.declaration.CopyFrom(declaration)
-        _print_result(args, await _stub(args).DeclareMandatorySite(request))
+        _print_result(args, await registry_stub(args).DeclareMandatorySite(request))
 
     return run_rpc(call)
 
@@ -216,7 +141,7 @@ def _milestone(args: argparse.Namespace) -> int:
 
     async def call() -> None:
         request = reg.RecordProjectMilestoneRequest(milestone=step)
-        _print_result(args, await _stub(args).RecordProjectMilestone(request))
+        _print_result(args, await registry_stub(args).RecordProjectMilestone(request))
 
     return run_rpc(call)
 
@@ -228,7 +153,7 @@ def _withdraw_site(args: argparse.Namespace) -> int:
     )
 
     async def call() -> None:
-        _print_result(args, await _stub(args).WithdrawMandatorySite(request))
+        _print_result(args, await registry_stub(args).WithdrawMandatorySite(request))
 
     return run_rpc(call)
 
@@ -245,145 +170,9 @@ def _classify(args: argparse.Namespace) -> int:
     )  # fmt: skip
 
     async def call() -> None:
-        _print_result(args, await _stub(args).SetClassification(request))
+        _print_result(args, await registry_stub(args).SetClassification(request))
 
     return run_rpc(call)
-
-
-def _get(args: argparse.Namespace) -> int:
-    async def call() -> None:
-        view = await _stub(args).GetSystem(reg.GetSystemRequest(system_id=args.system_id))
-        if args.json:
-            print(to_json(view))
-            return
-        print(f"{view.system_id}  {view.name}  [{view.state}]  v{view.version}")
-        print(
-            f"  unit {view.managing_unit}, operator {view.operator}; site {view.site.site_id} ({view.site.category}) {view.site.address} [{view.site.address_code}]"
-        )
-        print(
-            f"  registered {view.registered_on or '-'}, filed {view.filed_on or '-'}, accepted {view.accepted_on or '-'}, in use {view.in_use_on or '-'}"
-        )
-        for c in view.cameras:
-            sign = "sign" if c.camera_id in view.signed_camera_ids else "no sign"
-            print(
-                f"  camera {c.camera_id}: {c.device_type} at {c.place} ({c.location.longitude}, {c.location.latitude}) facing {c.orientation_deg:g}° [{sign}]"
-            )
-        print(
-            f"  archives {len(view.archives)}, personnel {len(view.personnel)}, inspections {len(view.inspections)}, changes {len(view.changes)}"
-        )
-
-    return run_rpc(call)
-
-
-def _show(
-    args: argparse.Namespace,
-    query: Callable[[reg_grpc.RegistryServiceStub], Awaitable[Message]],
-    rows: Callable[[Any], list[str]],
-    empty: str,
-) -> int:
-    """Run a query: JSON with --json, else one line per row (or `empty`)."""
-
-    async def call() -> None:
-        response = await query(_stub(args))
-        print(to_json(response) if args.json else "\n".join(rows(response)) or empty)
-
-    return run_rpc(call)
-
-
-def _list(args: argparse.Namespace) -> int:
-    request = reg.ListSystemsRequest(managing_unit=args.unit or "", state=args.state or "",
-                                     address_code_prefix=args.address_code or "", page_size=args.limit,
-                                     page_token=args.page_token or "")  # fmt: skip
-    return _show(
-        args,
-        lambda stub: stub.ListSystems(request),
-        lambda r: _paged([
-            f"{s.system_id:20} {s.state:16} {s.camera_count:3} cameras  v{s.version:<4} {s.managing_unit:14} {s.name}"
-            for s in r.systems
-        ], r.next_page_token),
-        "no systems",
-    )  # fmt: skip
-
-
-def _page_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--limit", type=whole(1, 1000), default=100, help="page size, 1-1000")
-    p.add_argument("--page-token", help="the next page, as the previous page's last line gave it")
-
-
-def _paged(lines: list[str], next_page_token: str) -> list[str]:
-    """A page's lines, and how to ask for the next page if there is one."""
-    return lines + ([f"more: --page-token {next_page_token}"] if next_page_token else [])
-
-
-def _cameras(args: argparse.Namespace) -> int:
-    box = args.bbox or [0.0, 0.0, 0.0, 0.0]
-    request = reg.SearchCamerasRequest(address_code_prefix=args.address_code or "", min_longitude=box[0],
-                                       min_latitude=box[1], max_longitude=box[2], max_latitude=box[3], page_size=args.limit,
-                                       page_token=args.page_token or "")  # fmt: skip
-    return _show(
-        args,
-        lambda stub: stub.SearchCameras(request),
-        lambda r: _paged([
-            f"{h.system_id:20} {h.camera.camera_id:12} {h.camera.device_type:10} {h.camera.place:12} "
-            f"({h.camera.location.longitude}, {h.camera.location.latitude}) {h.camera.address_code}"
-            for h in r.cameras
-        ], r.next_page_token),
-        "no cameras",
-    )  # fmt: skip
-
-
-def _declaration_line(d: reg.SiteDeclaration, *, category: bool = True) -> str:
-    line = f"declared {d.declared_on}" + (f" a {d.site.category} site" if category else "")
-    line += f" ({d.article})"
-    if d.HasField("withdrawal"):
-        line += f", withdrawn {d.withdrawal.withdrawn_on}: {d.withdrawal.reason}"
-    return line
-
-
-def _site_lines(view: reg.SiteView) -> list[str]:
-    """A site as get-site prints it (REG-3): the latest declaration, then the earlier ones."""
-    where = view.declaration.site
-    return [
-        f"{view.site_id}  {view.category}  [{view.status}]  v{view.version}",
-        f"  {view.address} [{view.address_code}] ({where.location.longitude}, {where.location.latitude})",
-        f"  {_declaration_line(view.declaration)}",
-        *(f"  earlier: {_declaration_line(d)}" for d in view.earlier),
-    ]
-
-
-def _get_site(args: argparse.Namespace) -> int:
-    request = reg.GetSiteRequest(site_id=args.site_id)
-    return _show(args, lambda stub: stub.GetSite(request), _site_lines, "")
-
-
-def _sites(args: argparse.Namespace) -> int:
-    request = reg.ListSitesRequest(
-        address_code_prefix=args.address_code or "", category=args.category or "",
-        status=args.status or "", page_size=args.limit, page_token=args.page_token or "",
-    )  # fmt: skip
-
-    def rows(r: reg.ListSitesResponse) -> list[str]:
-        lines = [
-            f"{s.site_id:20} {s.status:9} {s.category:34} {s.address_code:12} "
-            f"{_declaration_line(s.declaration, category=False)}"
-            for s in r.sites
-        ]
-        return _paged(lines, r.next_page_token)
-
-    return _show(args, lambda stub: stub.ListSites(request), rows, "no sites")
-
-
-def _findings(args: argparse.Namespace) -> int:
-    request = reg.ListFindingsRequest(as_of=args.as_of or "", spec=args.spec or "")
-    return _show(
-        args,
-        lambda stub: stub.ListFindings(request),
-        lambda r: [
-            f"{f.status:8} {f.spec:6} {f.article:16} {f.subject:22} since {f.since}: {f.detail}"
-            for f in r.findings
-        ],
-        "no findings",
-    )
 
 
 def add_cli(sub: Any) -> None:
@@ -393,14 +182,14 @@ def add_cli(sub: Any) -> None:
     p = commands.add_parser(
         "register", help="register a video system with its cameras (REG-2, REG-4)"
     )
-    _payload_flags(p)
+    payload_flags(p)
     add_connection_flags(p)
     p.set_defaults(run=_register)
 
     for command in COMMANDS:
         p = commands.add_parser(command.name, help=command.help)
         p.add_argument("system_id")
-        _add_flags(p, command.flags)
+        add_flags(p, command.flags)
         if command.name == "archive":
             p.add_argument("--document", help="a file whose SHA-256 to record")
         p.add_argument(
@@ -409,7 +198,7 @@ def add_cli(sub: Any) -> None:
             default=0,
             help="refuse the command unless the system is at this version (0: any)",
         )
-        _payload_flags(p)
+        payload_flags(p)
         add_connection_flags(p)
         p.set_defaults(run=lambda a, c=command: _run_command(c, a))
 
@@ -430,7 +219,7 @@ def add_cli(sub: Any) -> None:
         help='declare a site of a mandatory category (REG-3; police); --data holds {"site": {...}}',
     )
     p.add_argument("--on", required=True, help="date")
-    _payload_flags(p)
+    payload_flags(p)
     add_connection_flags(p)
     p.set_defaults(run=_declare_site)
 
@@ -440,7 +229,7 @@ def add_cli(sub: Any) -> None:
         " in step with (REG-5)",
     )
     p.add_argument("project_id", help="the project, as systems name it in construction_project")
-    p.add_argument("--step", required=True, choices=rules.MILESTONES)
+    p.add_argument("--step", required=True, choices=rules_projects.MILESTONES)
     p.add_argument("--on", required=True, help="date the main works reached it, e.g. 2024-03-01")
     add_connection_flags(p)
     p.set_defaults(run=_milestone)
@@ -462,15 +251,15 @@ def add_cli(sub: Any) -> None:
     )
     p.add_argument("system_id")
     add_connection_flags(p)
-    p.set_defaults(run=_get)
+    p.set_defaults(run=get_system)
 
     p = commands.add_parser("list", help="list systems (REG-2 catalogue)")
     p.add_argument("--unit")
     p.add_argument("--state")
     p.add_argument("--address-code", help="address code prefix")
-    _page_flags(p)
+    page_flags(p)
     add_connection_flags(p)
-    p.set_defaults(run=_list)
+    p.set_defaults(run=list_systems)
 
     p = commands.add_parser(
         "cameras", help="search cameras by address code and bounding box (police)"
@@ -479,9 +268,9 @@ def add_cli(sub: Any) -> None:
     p.add_argument(
         "--bbox", type=float, nargs=4, metavar=("MIN_LON", "MIN_LAT", "MAX_LON", "MAX_LAT")
     )
-    _page_flags(p)
+    page_flags(p)
     add_connection_flags(p)
-    p.set_defaults(run=_cameras)
+    p.set_defaults(run=search_cameras)
 
     p = commands.add_parser(
         "get-site",
@@ -490,7 +279,7 @@ def add_cli(sub: Any) -> None:
     )
     p.add_argument("site_id", help="the site's id, as the police declared it")
     add_connection_flags(p)
-    p.set_defaults(run=_get_site)
+    p.set_defaults(run=get_site)
 
     p = commands.add_parser("sites", help="list declared sites (REG-3; police, auditors)")
     p.add_argument("--address-code", help="address code prefix")
@@ -501,9 +290,9 @@ def add_cli(sub: Any) -> None:
         help="the latest declaration today: in_force; withdrawn (on or before today);"
         " declared (for a later day)",
     )
-    _page_flags(p)
+    page_flags(p)
     add_connection_flags(p)
-    p.set_defaults(run=_sites)
+    p.set_defaults(run=list_sites)
 
     p = commands.add_parser(
         "findings", help="compliance findings with article (REG-1, 3, 5, 6, 7, 8, 9, 12)"
@@ -513,4 +302,4 @@ def add_cli(sub: Any) -> None:
     )
     p.add_argument("--spec", help="only this requirement, e.g. REG-1")
     add_connection_flags(p)
-    p.set_defaults(run=_findings)
+    p.set_defaults(run=list_findings)

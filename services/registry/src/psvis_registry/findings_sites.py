@@ -12,7 +12,7 @@ from psvis.rulepack import RulePack
 
 from psvis_registry import domain
 from psvis_registry.findings_common import System, day_or_none, finding, plus_days, site_on
-from psvis_registry.rules import mandatory_categories
+from psvis_registry.rules_common import mandatory_categories
 
 
 def in_use_spans(doc: Document, view: reg.SystemView) -> Iterator[tuple[str, date, date]]:

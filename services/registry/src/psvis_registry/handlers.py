@@ -16,7 +16,7 @@ from psvis.platform import Platform
 from psvis.registry.v1 import registry_pb2 as reg
 from psvis.rulepack import RulePack
 
-from psvis_registry import rules
+from psvis_registry import rules, rules_common, rules_projects, rules_sites
 from psvis_registry.domain import (
     PROJECT,
     SITE,
@@ -66,7 +66,7 @@ class Registry:
             decision = rules.register(state, system, self._p.pack)  # bad input is named first
             if isinstance(decision, Accepted):  # a rule's refusal stands, and is recorded
                 on = date.fromisoformat(system.registered_on)
-                rules.require_site_as_declared(system.site, declared, on, "system.site")
+                rules_sites.require_site_as_declared(system.site, declared, on, "system.site")
             return decision
 
         return await self._run(caller, SYSTEM, system_stream(system.system_id), decide, 0)
@@ -117,7 +117,9 @@ class Registry:
             decision = rules.relocate(state, cmd, pack)  # bad input is named first
             if isinstance(decision, Accepted):  # a rule's refusal stands, and is recorded
                 on = date.fromisoformat(cmd.relocated_on)
-                rules.require_site_as_declared(cmd.new_site, declared, on, "relocation.new_site")
+                rules_sites.require_site_as_declared(
+                    cmd.new_site, declared, on, "relocation.new_site"
+                )
             return decision
 
         return await self.command(caller, system_id, expected, decide, move)
@@ -148,10 +150,10 @@ class Registry:
         return recorded
 
     async def declare_site(self, caller: Caller, cmd: reg.MandatorySiteDeclared) -> RecordedEvent:
-        rules.declare_site(cmd, self._p.pack)
+        rules_sites.declare_site(cmd, self._p.pack)
 
         def decide(state: SiteState) -> Decision:
-            return rules.declare_site_again(state, cmd)
+            return rules_sites.declare_site_again(state, cmd)
 
         return await self._run(caller, SITE, site_stream(cmd.site.site_id), decide, 0)
 
@@ -159,7 +161,7 @@ class Registry:
         self, caller: Caller, site_id: str, expected: int, cmd: reg.MandatorySiteWithdrawn
     ) -> RecordedEvent:
         def decide(state: SiteState) -> Decision:
-            return rules.withdraw_site(state, cmd, self._p.pack)
+            return rules_sites.withdraw_site(state, cmd, self._p.pack)
 
         return await self._run(caller, SITE, site_stream(site_id), decide, expected)
 
@@ -167,10 +169,10 @@ class Registry:
         self, caller: Caller, cmd: reg.ProjectMilestoneReached
     ) -> RecordedEvent:
         """A step of a construction project's main works (REG-5), on the project's stream."""
-        rules.milestone_precheck(cmd)
+        rules_projects.milestone_precheck(cmd)
 
         def decide(state: ProjectState) -> Decision:
-            rules.record_milestone(state.reached, cmd)
+            rules_projects.record_milestone(state.reached, cmd)
             return Accepted(cmd)
 
         return await self._run(caller, PROJECT, project_stream(cmd.project_id), decide, 0)
@@ -215,13 +217,13 @@ class Registry:
 
     def mandatory_categories(self) -> frozenset[str]:
         """The site categories the city's pack makes mandatory (REG-3)."""
-        return frozenset(rules.mandatory_categories(self._p.pack))
+        return frozenset(rules_common.mandatory_categories(self._p.pack))
 
     def _article(self, category: str) -> str:
         """The article making a site category mandatory; the rule's own for one the pack no
         longer lists."""
         rule = self._p.pack.rule("sites.mandatory")
-        return rules.mandatory_categories(self._p.pack).get(category, rule.article)
+        return rules_common.mandatory_categories(self._p.pack).get(category, rule.article)
 
     def today(self) -> date:
         """Today in the city, by the platform's clock."""

@@ -1,4 +1,10 @@
-"""The REG checks of a city's rule pack: each decision validates, then cites its article."""
+"""The REG checks of a city's rule pack: each decision validates, then cites its article.
+
+Here: what the registry needs of a pack (NEEDS) and a system's lifecycle, from registration
+(REG-2, REG-4) and filing (REG-1) through design review, building, acceptance and use (REG-5),
+changes (REG-11), relocation and removal (REG-6). The records attached to a system are checked in
+rules_records, declared sites in rules_sites, construction projects in rules_projects; what they
+share is in rules_common."""
 
 from __future__ import annotations
 
@@ -10,7 +16,7 @@ from typing import NoReturn
 
 from psvis import validate as v
 from psvis.decision import Accepted, Decision, Refused
-from psvis.errors import AlreadyExists, FailedPrecondition, InvalidArgument
+from psvis.errors import FailedPrecondition, InvalidArgument
 from psvis.registry.v1 import registry_pb2 as reg
 from psvis.rulepack import ParamSpec, RulePack
 
@@ -23,9 +29,9 @@ from psvis_registry.domain import (
     RECTIFICATION,
     REJECTED,
     REVIEWED,
-    SiteState,
     SystemState,
 )
+from psvis_registry.rules_common import location, mandatory_categories, site
 
 PLACES = frozenset(
     {
@@ -39,11 +45,6 @@ PLACES = frozenset(
     }
 )  # fmt: skip
 CHANGE_ATTRIBUTES = frozenset({"position", "function", "orientation"})
-CRS = "CGCS2000"
-ARCHIVE_KINDS = frozenset(
-    {"design", "construction", "acceptance", "maintenance", "units_and_technicians"}
-)
-INSPECTION_OUTCOMES = frozenset({"passed", "rectification_ordered", "failed"})
 DEGREES = re.compile(r"[0-9]{1,3}(\.[0-9]{1,6})?")  # a new orientation, as a plain decimal
 
 NEEDS = [
@@ -67,61 +68,15 @@ NEEDS = [
 ]
 
 
-def mandatory_categories(pack: RulePack) -> dict[str, str]:
-    rule = pack.rule("sites.mandatory")
-    return (
-        {} if rule.silent else {c["category"]: c["article"] for c in rule.param("categories", [])}
-    )
-
-
-def _site(site: reg.Site, field: str, pack: RulePack) -> None:
-    v.identifier(site.site_id, f"{field}.site_id")
-    allowed = set(mandatory_categories(pack)) | {"other"}
-    v.one_of(site.category, allowed, f"{field}.category")
-    v.required(site.address, f"{field}.address")
-    v.address_code(site.address_code, f"{field}.address_code")
-    _location(site, f"{field}.location")
-
-
-def require_site_as_declared(
-    site: reg.Site, declared: SiteState | None, on: date, field: str
-) -> None:
-    """A site the police declared mandatory (REG-3) is of the category they declared, while
-    their declaration is in force on the command's date: the category decides which of the
-    city's rules apply to the systems there (Wuhan 10's rebuild plan, Xi'an 14's design
-    review), so a unit may not file one of its own."""
-    in_force = declared.declaration_on(on) if declared is not None else None
-    if in_force is not None and site.category != in_force.category:
-        raise FailedPrecondition(
-            f"{field}.category: site {site.site_id} is declared by the police a"
-            f" {in_force.category} site from {in_force.declared_on} (REG-3), not"
-            f" {v.shown(site.category)}"
-        )
-
-
 def _camera(camera: reg.Camera, i: int) -> None:
     field = f"system.cameras[{i}]"
     v.identifier(camera.camera_id, f"{field}.camera_id")
     v.required(camera.device_type, f"{field}.device_type")
-    _location(camera, f"{field}.location")
+    location(camera, f"{field}.location")
     v.address_code(camera.address_code, f"{field}.address_code")
     v.one_of(camera.place, PLACES, f"{field}.place")
     if not 0.0 <= camera.orientation_deg < 360.0:
         raise InvalidArgument(f"{field}.orientation_deg must be in [0, 360)")
-
-
-def _location(placed: reg.Site | reg.Camera | reg.CameraPlacement, field: str) -> None:
-    """REG-2 (Wuhan 13 统一空间坐标): every site and camera has a location, in one coordinate
-    system, CGCS2000 (an empty crs says so too); a missing location is not (0, 0)."""
-    if not placed.HasField("location"):
-        raise InvalidArgument(f"{field} is required (longitude and latitude, CGCS2000)")
-    point = placed.location
-    if point.crs not in ("", CRS):
-        raise InvalidArgument(
-            f"{field}.crs {v.shown(point.crs)}: locations are given in {CRS}, the one"
-            " coordinate system of the catalogue (REG-2)"
-        )
-    v.coordinates(point.longitude, point.latitude, field)
 
 
 def register_precheck(cmd: reg.SystemRegistered) -> None:
@@ -137,7 +92,7 @@ def register(state: SystemState, cmd: reg.SystemRegistered, pack: RulePack) -> D
     v.required(cmd.operator, "system.operator")
     v.need_date(cmd.registered_on, "system.registered_on")
     v.iso_date(cmd.built_on, "system.built_on", optional=True)
-    _site(cmd.site, "system.site", pack)
+    site(cmd.site, "system.site", pack)
     if not cmd.cameras:
         raise InvalidArgument("system.cameras: a system has at least one camera")
     if len({c.camera_id for c in cmd.cameras}) != len(cmd.cameras):
@@ -297,7 +252,7 @@ def _move_timing(
 def relocate(state: SystemState, cmd: reg.SystemRelocated, pack: RulePack) -> Decision:
     state.require_not_removed("relocation")
     moved_on = _step_on(state, cmd.relocated_on, "relocation.date")  # findings need it too
-    _site(cmd.new_site, "relocation.new_site", pack)
+    site(cmd.new_site, "relocation.new_site", pack)
     _placements(state, cmd.placements, "relocation.placements")
     refusal = _move_timing("relocation", state, moved_on, cmd, pack)
     return refusal or Accepted(cmd)
@@ -312,7 +267,7 @@ def _placements(state: SystemState, placements: Sequence[reg.CameraPlacement], f
             raise InvalidArgument(
                 f"{at}.camera_id: system {state.system_id} has no camera {v.shown(placed.camera_id)}"
             )
-        _location(placed, f"{at}.location")
+        location(placed, f"{at}.location")
         v.address_code(placed.address_code, f"{at}.address_code")
     named = Counter(p.camera_id for p in placements)
     twice = sorted(c for c, n in named.items() if n > 1)
@@ -338,137 +293,3 @@ def remove(state: SystemState, cmd: reg.SystemRemoved, pack: RulePack) -> Decisi
         return Refused("RemoveSystem", rule.cite(f"removal only for: {', '.join(allowed)}"))
     refusal = _move_timing("removal", state, removed_on, cmd, pack)
     return refusal or Accepted(cmd)
-
-
-def attach_archive(state: SystemState, cmd: reg.ArchiveAttached, pack: RulePack) -> Decision:
-    state.require_registered()
-    v.one_of(cmd.kind, ARCHIVE_KINDS, "archive.kind")
-    v.sha256_hex(cmd.sha256, "archive.sha256")
-    v.required(cmd.title, "archive.title")
-    v.need_date(cmd.attached_on, "archive.attached_on")
-    if cmd.kind == "units_and_technicians" and not (cmd.units or cmd.technicians):
-        raise InvalidArgument(  # what that archive is (Wuhan 11, Xi'an 17)
-            "archive.units: an archive of units and technicians names at least one unit or"
-            " technician"
-        )
-    return Accepted(cmd)
-
-
-def record_signage(state: SystemState, cmd: reg.SignageInstalled, pack: RulePack) -> Decision:
-    state.require_not_removed("signage")
-    if not cmd.camera_ids:
-        raise InvalidArgument("signage.camera_ids: name at least one camera")
-    for camera_id in cmd.camera_ids:
-        state.require_camera(camera_id)
-    v.need_date(cmd.installed_on, "signage.installed_on")
-    return Accepted(cmd)
-
-
-def register_personnel(
-    state: SystemState, cmd: reg.MonitoringPersonnelRegistered, pack: RulePack
-) -> Decision:
-    state.require_not_removed("monitoring personnel")
-    v.identifier(cmd.person_id, "person.person_id")
-    v.required(cmd.name, "person.name")
-    v.required(cmd.duty, "person.duty")
-    v.need_date(cmd.on_file_since, "person.on_file_since")  # REG-9: findings as of a date
-    v.iso_date(cmd.trained_on, "person.trained_on", optional=True)
-    v.iso_date(cmd.filed_with_police_on, "person.filed_with_police_on", optional=True)
-    return Accepted(cmd)
-
-
-def set_classification(state: SystemState, cmd: reg.ClassificationSet, pack: RulePack) -> Decision:
-    state.require_not_removed("classification")
-    v.need_date(cmd.set_on, "classification.set_on")
-    c = cmd.classification
-    if c.security_level > 5:
-        raise InvalidArgument("classification.security_level must be 0-5")
-    rule = pack.rule("classification.state_secret_no_internet")
-    if c.state_secret_area and c.internet_connected and not rule.silent:
-        reason = "a system in a state-secret area must not connect to the internet"
-        return Refused("SetClassification", rule.cite(reason))
-    return Accepted(cmd)
-
-
-def record_inspection(state: SystemState, cmd: reg.InspectionRecorded, pack: RulePack) -> Decision:
-    state.require_registered()
-    v.identifier(cmd.inspection_id, "inspection.inspection_id")
-    v.need_date(cmd.inspected_on, "inspection.inspected_on")
-    v.required(cmd.inspecting_agency, "inspection.inspecting_agency")
-    v.one_of(cmd.outcome, INSPECTION_OUTCOMES, "inspection.outcome")
-    if not cmd.scope:
-        raise InvalidArgument("inspection.scope: name what was inspected")
-    return Accepted(cmd)
-
-
-MILESTONES = ("designed", "built", "accepted", "in_use")  # a construction project's, in order
-
-
-def milestone_precheck(cmd: reg.ProjectMilestoneReached) -> None:
-    """Format checks, before the project's stream is read."""
-    v.identifier(cmd.project_id, "milestone.project_id")
-    v.one_of(cmd.milestone, frozenset(MILESTONES), "milestone.milestone")
-    v.need_date(cmd.reached_on, "milestone.reached_on")
-
-
-def record_milestone(reached: dict[str, date], cmd: reg.ProjectMilestoneReached) -> None:
-    """REG-5 (Wuhan 8 para 1, Xi'an 16): a step of a project's main works, each recorded once
-    and dated in the order of MILESTONES among the steps recorded (the command has passed
-    milestone_precheck)."""
-    day, rank = date.fromisoformat(cmd.reached_on), MILESTONES.index(cmd.milestone)
-    if cmd.milestone in reached:
-        raise AlreadyExists(
-            f"project {cmd.project_id} was already {cmd.milestone} on {reached[cmd.milestone]}"
-        )
-    for other, on in reached.items():
-        before = MILESTONES.index(other) < rank
-        if (before and on > day) or (not before and on < day):
-            raise FailedPrecondition(
-                f"milestone.reached_on {day} is {'before' if before else 'after'} the project's"
-                f" {other} step on {on} (steps in order: {', '.join(MILESTONES)})"
-            )
-
-
-def declare_site(cmd: reg.MandatorySiteDeclared, pack: RulePack) -> None:
-    """Format checks of a declaration (REG-3), before its stream is read."""
-    _site(cmd.site, "declaration.site", pack)
-    v.need_date(cmd.declared_on, "declaration.declared_on")
-    if cmd.site.category not in mandatory_categories(pack):
-        raise InvalidArgument(
-            f"declaration.site.category {v.shown(cmd.site.category)} is not a mandatory category of {pack.name}"
-        )
-
-
-def declare_site_again(state: SiteState, cmd: reg.MandatorySiteDeclared) -> Decision:
-    """REG-3: a site is declared while it is not: first, or again after its withdrawal (a new
-    spell of duty, a large public event held there again, say), dated on or after it."""
-    if state.declarations and not state.withdrawn_on:
-        raise AlreadyExists(
-            f"site {state.site_id} is already declared (on {state.declared_on}); withdraw it"
-            " first to declare it again"
-        )
-    if state.withdrawn_on and cmd.declared_on < state.withdrawn_on:  # ISO dates order as text
-        raise FailedPrecondition(
-            f"declaration.declared_on {cmd.declared_on} is before the site's withdrawal: site"
-            f" {state.site_id} was withdrawn on {state.withdrawn_on} (REG-3)"
-        )
-    return Accepted(cmd)
-
-
-def withdraw_site(state: SiteState, cmd: reg.MandatorySiteWithdrawn, pack: RulePack) -> Decision:
-    """REG-3: the police withdraw a declared site (a large public event is over, Xi'an 10):
-    from the withdrawal's date on it is not mandatory; each declaration is withdrawn once."""
-    state.require_declared()
-    day = v.need_date(cmd.withdrawn_on, "withdrawal.withdrawn_on")
-    v.required(cmd.reason, "withdrawal.reason")
-    if state.withdrawn_on:
-        raise FailedPrecondition(
-            f"site {state.site_id} was withdrawn on {state.withdrawn_on}: a withdrawal does not"
-            " apply (REG-3)"
-        )
-    if day < date.fromisoformat(state.declared_on):
-        raise FailedPrecondition(
-            f"withdrawal.withdrawn_on {day} is before the site's declaration: site"
-            f" {state.site_id} was declared on {state.declared_on} (REG-3)"
-        )
-    return Accepted(cmd)
