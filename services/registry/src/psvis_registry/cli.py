@@ -283,7 +283,9 @@ def add_cli(sub: Any) -> None:
 
     p = commands.add_parser("sites", help="list declared sites (REG-3; police, auditors)")
     p.add_argument("--address-code", help="address code prefix")
-    p.add_argument("--category", help="a mandatory category of the city's pack")
+    p.add_argument(
+        "--category", help="a mandatory category of the city's pack, or one a declared site holds"
+    )
     p.add_argument(
         "--status",
         choices=sorted(domain.SITE_STATUSES),
