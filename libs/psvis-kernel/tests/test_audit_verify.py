@@ -419,6 +419,32 @@ async def test_aud2_workers_that_give_no_answer_for_long_hold_nothing_up(
         assert "a verify worker gave no answer in 0.2 s: its job is done again" in caplog.text
 
 
+async def test_aud2_a_span_a_worker_holds_but_has_not_started_is_checked_here_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker holds its next span while it checks one. Once nothing is left for this
+    process, that next span is checked here rather than waited for: this worker (slow to
+    answer its first span, and never reading its second) holds nothing up, and no worker is
+    reported silent."""
+
+    def answers_its_first_job_only(name: str) -> tuple[BaseProcess, Connection]:
+        ctx = multiprocessing.get_context("spawn")
+        conn, child_end = ctx.Pipe()
+        code = "import time; job = conn.recv(); time.sleep(1); conn.send(job()); time.sleep(3600)"
+        process = ctx.Process(target=exec, args=(code, {"conn": child_end}), name=name)
+        process.start()
+        child_end.close()
+        return process, conn
+
+    monkeypatch.setattr(audit, "_start_worker", answers_its_first_job_only)
+    monkeypatch.setattr(audit, "WORKER_PATIENCE", 5.0)  # the second span would wait that long
+    log = await build_log(tmp_path)
+    report = await verify_store(log.store, log.checkpoints, [log.signer.public], span_workers=1)
+    assert report.ok and report.events_checked == 30 and report.checkpoints_checked == 4
+    assert "gave no answer" not in caplog.text
+    assert multiprocessing.active_children() == []
+
+
 async def test_aud2_a_verify_that_fails_leaves_no_worker_behind(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

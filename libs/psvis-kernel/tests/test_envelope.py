@@ -10,7 +10,7 @@ import uuid
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from google.protobuf import struct_pb2
+from google.protobuf import descriptor_pb2, struct_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 from psvis.clock import RandomIds
 from psvis.common.v1 import envelope_pb2 as pb
@@ -19,7 +19,7 @@ from psvis.envelope import (
     NewEvent,
     Sealer,
     event_hash,
-    has_map_fields,
+    needs_deterministic,
     seal,
     seal_stream,
     timestamp,
@@ -176,13 +176,19 @@ def test_seal_of_one_event_matches_seal_stream() -> None:
     assert record.data == alone
 
 
-def test_map_fields_are_found_wherever_a_message_holds_them() -> None:
+def test_maps_and_extensions_are_found_wherever_a_message_holds_them() -> None:
+    """What deterministic serialisation orders (map entries, extensions) is found in a type
+    or in any message it holds; the envelope and the registry's payloads hold neither."""
     from psvis.registry.v1 import registry_pb2 as reg
 
-    assert has_map_fields(struct_pb2.Struct.DESCRIPTOR)  # map<string, Value>
-    assert has_map_fields(struct_pb2.ListValue.DESCRIPTOR)  # Value -> Struct, a cycle
-    assert not has_map_fields(pb.EventEnvelope.DESCRIPTOR)
-    assert not has_map_fields(reg.SystemRegistered.DESCRIPTOR)
+    assert needs_deterministic(struct_pb2.Struct.DESCRIPTOR)  # map<string, Value>
+    assert needs_deterministic(struct_pb2.ListValue.DESCRIPTOR)  # Value -> Struct, a cycle
+    assert needs_deterministic(descriptor_pb2.FieldOptions.DESCRIPTOR)  # proto2, extendable
+    assert needs_deterministic(descriptor_pb2.FieldDescriptorProto.DESCRIPTOR)  # holds one
+    assert not needs_deterministic(pb.EventEnvelope.DESCRIPTOR)
+    assert not any(
+        needs_deterministic(message) for message in reg.DESCRIPTOR.message_types_by_name.values()
+    )
 
 
 def test_a_payload_with_maps_seals_to_the_same_bytes_whatever_order_it_was_filled_in() -> None:

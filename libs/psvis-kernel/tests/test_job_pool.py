@@ -6,15 +6,19 @@ import functools
 import os
 import signal
 import time
+import zlib
 
 import pytest
 from psvis.workers import JobPool, WorkerGone
 
 
-async def answers_of(pool: JobPool, count: int) -> list[tuple[object, object]]:
+async def answers_of(pool: JobPool, count: int, within: float = 30) -> list[tuple[object, object]]:
+    """The next `count` answers; fails if they have not all come within `within` seconds."""
     got: list[tuple[object, object]] = []
+    deadline = time.monotonic() + within
     while len(got) < count:
-        got += await pool.answers(timeout=10)
+        assert time.monotonic() < deadline, f"only {got} of {count} answers came"
+        got += await pool.answers(timeout=1)
     return got
 
 
@@ -35,15 +39,32 @@ async def test_a_worker_holds_its_next_job_and_answers_each_in_the_order_given()
 
 
 async def test_a_job_larger_than_a_socket_holds_waits_behind_the_one_running() -> None:
-    """A second job of megabytes is sent while the worker runs the first, which it reads only
-    afterwards: the send waits on its own thread, and neither job is mixed with the other."""
+    """A second job of megabytes is given while the worker runs the first, and can be read only
+    once the first is done: give() does not wait for it (it is sent from a thread of the
+    worker's own), and each job reaches the worker whole, in order."""
     pool = JobPool(1, "psvis-pool-test", depth=2)
     big = os.urandom(8 << 20)
     try:
         [worker] = pool.ready()
-        pool.give(worker, "first", functools.partial(len, big))
-        pool.give(worker, "second", functools.partial(bytes.hex, big[:4]))
-        assert await answers_of(pool, 2) == [("first", len(big)), ("second", big[:4].hex())]
+        pool.give(worker, "first", functools.partial(time.sleep, 2))
+        pool.give(worker, "second", functools.partial(zlib.crc32, big))
+        assert worker.sending is not None and not worker.sending.done()  # still being sent
+        got = await answers_of(pool, 2)
+        assert got == [("first", None), ("second", zlib.crc32(big))]
+    finally:
+        await pool.close()
+
+
+async def test_a_job_that_cannot_be_sent_hands_back_every_job_its_worker_held() -> None:
+    """Else the worker's next answer would be taken for the job it never got."""
+    pool = JobPool(1, "psvis-pool-test", depth=2)
+    try:
+        [worker] = pool.ready()
+        pool.give(worker, "unpicklable", lambda: "never sent")
+        pool.give(worker, "sorted", functools.partial(sorted, "ba"))
+        got = await answers_of(pool, 2)
+        assert [key for key, _ in got] == ["unpicklable", "sorted"]
+        assert all(isinstance(answer, WorkerGone) for _, answer in got)
     finally:
         await pool.close()
 

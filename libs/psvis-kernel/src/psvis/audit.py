@@ -171,6 +171,11 @@ async def _check_in_spans(
     answered: set[Hashable] = set()
     ledger: LedgerCheck | None = None
     events_done = False  # joined to the end, or stopped at a failure
+
+    def needed(key: Hashable) -> bool:
+        """Not answered yet, and still of use: once the events are done, only the ledger is."""
+        return key not in answered and (key == _LEDGER or not events_done)
+
     pool = JobPool(workers, "psvis-verify", _start_worker, depth=2)
     try:
         while ledger is None or not events_done:
@@ -181,11 +186,11 @@ async def _check_in_spans(
                 key = todo.popleft()
                 pool.give(ready[0], key, job(key))
             if not (done := pool.finished()):
-                if not todo and (waiting := [k for k in pool.queued() if k not in answered]):
+                if not todo and (waiting := [k for k in pool.queued() if needed(k)]):
                     todo.append(waiting[-1])  # not started by its worker: done here at once
                 if not todo:  # all is with the workers: wait, then do a late one's job here too
                     done = await pool.answers(timeout=WORKER_PATIENCE)
-                    late = [key for key in pool.held() if key not in answered]
+                    late = [key for key in pool.held() if needed(key)]
                     if not done and late:
                         log.warning(_SILENT, WORKER_PATIENCE)
                         todo.append(late[0])
@@ -195,7 +200,7 @@ async def _check_in_spans(
             for key, answer in done:
                 if isinstance(answer, WorkerGone):
                     log.warning(_GONE, answer)
-                    if key not in answered:
+                    if needed(key):
                         todo.appendleft(key)
                     continue
                 if key in answered:  # done here as well

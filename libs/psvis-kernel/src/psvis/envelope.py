@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -202,14 +203,15 @@ def seal_stream(
     )
 
 
-def has_map_fields(descriptor: Any) -> bool:
-    """Whether a message type (its DESCRIPTOR, of whichever protobuf backend) has a map
-    field, in itself or in a message it holds.
+@functools.cache
+def needs_deterministic(descriptor: Any) -> bool:
+    """Whether a message type (its DESCRIPTOR, of whichever protobuf backend) may serialise to
+    other bytes without deterministic=True: it, or a message it holds, has a map field or
+    extensions (whose entries deterministic serialisation puts in order).
 
-    Protobuf's deterministic serialisation differs from the plain one only in the order of
-    map entries; for a type without maps, both give the same bytes, and the plain one costs
-    less (no keyword argument to parse): the sealer takes it for such payloads, and for the
-    envelope, which has none.
+    For any other type both give the same bytes, and the plain one costs less (no keyword
+    argument to parse): the sealer takes it for such payloads, and for the envelope. Cached:
+    one answer per type, however many appends ask.
     """
     seen: set[str] = set()
     todo = [descriptor]
@@ -218,13 +220,13 @@ def has_map_fields(descriptor: Any) -> bool:
         if message.full_name in seen:
             continue
         seen.add(message.full_name)
-        if message.GetOptions().map_entry:
+        if message.GetOptions().map_entry or message.is_extendable:
             return True
         todo += [f.message_type for f in message.fields if f.message_type is not None]
     return False
 
 
-_ENVELOPE_MAPS = has_map_fields(pb.EventEnvelope.DESCRIPTOR)  # none today
+_ENVELOPE_ORDERED = needs_deterministic(pb.EventEnvelope.DESCRIPTOR)  # False today
 
 
 class Sealer:
@@ -256,7 +258,7 @@ class Sealer:
         self._actor: Actor | None = None
         self._trace: Mapping[str, str] | None = None
         self._descriptor: object = None  # the payload type whose name `type` holds
-        self._maps = True  # whether that type has a map field, somewhere within
+        self._ordered = True  # whether that type needs deterministic serialisation
         self._causation: str | None = None
         self._correlation: str | None = None
         self._refused = True  # whether `refusal` may be set
@@ -298,16 +300,16 @@ class Sealer:
             if payload.DESCRIPTOR is not self._descriptor:
                 env.type = event.type
                 self._descriptor = payload.DESCRIPTOR
-                self._maps = has_map_fields(payload.DESCRIPTOR)
+                self._ordered = needs_deterministic(payload.DESCRIPTOR)
             if event.causation_id != self._causation:
                 env.causation_id = self._causation = event.causation_id
             if event.correlation_id != self._correlation:
                 env.correlation_id = self._correlation = event.correlation_id
             version += 1
             env.event_id, env.stream_version = event_id, version
-            if self._maps:
+            if self._ordered:
                 env.payload = payload.SerializeToString(deterministic=True)
-            else:  # the same bytes (see has_map_fields), without a keyword argument to parse
+            else:  # the same bytes (needs_deterministic), without a keyword argument to parse
                 env.payload = payload.SerializeToString()
             env.prev_hash = prev
             if event.refusal is not None:
@@ -320,7 +322,7 @@ class Sealer:
                 self._refused = False
             data = (
                 env.SerializeToString(deterministic=True)
-                if _ENVELOPE_MAPS
+                if _ENVELOPE_ORDERED
                 else env.SerializeToString()
             )
             leaf = _LEAF_PREFIX()  # event_hash(data)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import socket
 import subprocess
@@ -142,9 +143,7 @@ class JobPool:
         self._given += 1
         worker.held.append((self._given, key))
         worker.sending = loop.run_in_executor(worker.sender, worker.conn.send, job)
-        worker.sending.add_done_callback(
-            take_error
-        )  # a worker that died makes it fail: see finished
+        worker.sending.add_done_callback(functools.partial(_stop_if_unsent, worker))
 
     def finished(self, timeout: float = 0) -> list[tuple[Hashable, Any]]:
         """(key, answer) of each job done by now (or within timeout), one a worker; WorkerGone
@@ -206,6 +205,14 @@ class JobPool:
             if worker.process.is_alive():
                 worker.process.terminate()
             worker.process.join()
+
+
+def _stop_if_unsent(worker: _Worker, sent: asyncio.Future[None]) -> None:
+    """A job that could not be sent (the worker died, or the job does not pickle) is never
+    answered, and the worker's later answers would be taken for it: the worker is stopped,
+    so that finished() hands back every job it held (WorkerGone), in order."""
+    if not sent.cancelled() and sent.exception() is not None and worker.process.is_alive():
+        worker.process.terminate()
 
 
 def take_error(done: asyncio.Future[Any]) -> None:

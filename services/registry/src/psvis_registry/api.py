@@ -317,13 +317,13 @@ class RegistryApi(reg_grpc.RegistryServiceServicer):
     ) -> reg.ListSitesResponse:
         authorise(context, "ListSites")
         v.address_code_prefix(request.address_code_prefix)
-        if request.status:
-            v.one_of(request.status, domain.SITE_STATUSES, "status")
         category = request.category
         mandatory = self._r.mandatory_categories()
         # a category the pack no longer lists is still that of the sites declared under it
         if category and category not in mandatory and not await self._r.site_ids("", category, ""):
             v.one_of(category, mandatory, "category")
+        if request.status:
+            v.one_of(request.status, domain.SITE_STATUSES, "status")
         chosen = await self._r.site_ids(request.address_code_prefix, category, request.status)
         start, size = _page(chosen, request.page_size, request.page_token)
         more = start + size < len(chosen)
