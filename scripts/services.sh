@@ -190,7 +190,11 @@ EOF
         -XX:TieredStopAtLevel=1 -Xshare:auto -Djava.awt.headless=true
         "-Dlog4j2.configurationFile=$dir/log4j2.properties" "-Dkafka.logs.dir=$dir"
         $KAFKA_JVM_OPTS -cp "$libs/*")
-    cluster_id="$("${PROBE[0]}" -c 'import base64,uuid;print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')"
+    # a random cluster id in Kafka's form (URL-safe base64 of a UUID), never one that starts
+    # with "-", which the storage tool would read as an option (as Kafka's own ids avoid)
+    cluster_id="$("${PROBE[0]}" -c 'import base64,uuid
+while (i := base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")).startswith("-"): pass
+print(i)')"
     "$JAVA" "${jvm[@]}" kafka.tools.StorageTool format -t "$cluster_id" \
         -c "$dir/server.properties" >"$dir/format.log" 2>&1 || {
         cat "$dir/format.log" >&2
