@@ -61,7 +61,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from psvis.clock import Clock, IdSource
-from psvis.envelope import NewEvent, RecordedEvent, seal_stream
+from psvis.envelope import NewEvent, RecordedEvent, Sealer
 from psvis.errors import ConcurrencyConflict, Unavailable
 from psvis.eventstore.mongo_docs import POSITION_HEADER, STRIDE, Collections, Doc, anchor_id, slot
 from psvis.eventstore.outbox_relay import OutboxRelay
@@ -129,6 +129,7 @@ class MongoKafkaEventStore:
         self._progress = asyncio.Event()  # set when this process's relay commits
         self.appended = asyncio.Event()  # set by append(): wakes this process's relay
         self.relay = OutboxRelay(self, owner=relay_owner, lease_ttl=lease_ttl)
+        self._sealer = Sealer()  # appends seal on the loop's thread, one after another
 
     async def start(self) -> None:
         await ensure_topic(self.bootstrap, self.topic)
@@ -143,7 +144,7 @@ class MongoKafkaEventStore:
         if not events:
             return []
         recorded_at = self._clock.now()
-        out = seal_stream(
+        out = self._sealer.seal(
             events,
             [self._ids.new_id() for _ in events],
             stream_id=stream_id,
