@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -216,3 +219,51 @@ def test_a_tls_file_missing_unreadable_or_not_pem_is_a_client_error_naming_it(
     if client:  # a script reading --json learns the same
         error = json.loads(run.stdout)["error"]
         assert error["code"] == "CLIENT_ERROR" and f"error: {error['message']}" == line, error
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_serve_publishes_metrics_for_prometheus_and_stops_cleanly(tmp_path: Path) -> None:
+    """`psvis serve` answers GET /metrics (Prometheus text) at --metrics-listen, names it in
+    its banner, and stops on SIGINT with the endpoint."""
+    metrics = f"127.0.0.1:{_free_port()}"
+    command = [sys.executable, "-m", "psvis.cli.main", "serve", "--data-dir", str(tmp_path),
+               "--listen", "127.0.0.1:0", "--metrics-listen", metrics]  # fmt: skip
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        banner = ""
+        while "stop with Ctrl-C" not in banner:
+            line = proc.stderr.readline()
+            assert line, f"serve ended: {banner}"
+            banner += line
+        assert f"metrics:      http://{metrics}/metrics" in banner
+        with urllib.request.urlopen(f"http://{metrics}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        assert response.headers["Content-Type"].startswith("text/plain")
+        assert 'psvis_projection_lag{psvis_projection="psvis.read-models"} 0.0' in text, text
+        assert 'service_name="psvis"' in text
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://{metrics}/metrics", timeout=5)
+
+
+def test_serve_refuses_a_metrics_address_it_cannot_listen_on(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = f"127.0.0.1:{taken.getsockname()[1]}"
+        run = subprocess.run(
+            [sys.executable, "-m", "psvis.cli.main", "serve", "--data-dir", str(tmp_path),
+             "--listen", "127.0.0.1:0", "--metrics-listen", busy],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+    assert f"cannot serve metrics on {busy}" in run.stderr
+    assert "--metrics-listen" in run.stderr

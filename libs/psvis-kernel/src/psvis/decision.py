@@ -11,6 +11,7 @@ from typing import Generic, TypeVar
 
 from google.protobuf.message import Message
 
+from psvis import metrics
 from psvis.envelope import Actor, NewEvent, RecordedEvent
 from psvis.errors import Citation, ConcurrencyConflict, RuleRefusal, Unavailable
 from psvis.eventstore.port import EventStore
@@ -84,11 +85,14 @@ async def execute(
         try:
             (recorded,) = await store.append(stream_id, version, [event])
         except ConcurrencyConflict:
+            metrics.append_conflicts.add(1)
             if expected_version:
                 raise
             await asyncio.sleep(random.random() * 0.002 * attempt)  # jitter: let the winner settle
             continue
+        metrics.appended(event.type)
         if refusal is not None:
+            metrics.refused(refusal)
             raise RuleRefusal(refusal, stream_id=stream_id, version=recorded.version)
         return recorded
     raise Unavailable(f"stream {stream_id} is too busy: gave up after {attempts} attempts; retry")

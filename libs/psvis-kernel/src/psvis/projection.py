@@ -103,6 +103,7 @@ class ProjectionRunner:
     Documents that leave memory are written while folding goes on; the runner waits for that
     write before it reads a document back, writes again or moves its position. A runner told
     its store starts `empty` (a replay) reads back only documents it has written.
+    A live runner tells `on_commit` the newest event of each page it commits (its delay).
     """
 
     def __init__(
@@ -118,6 +119,7 @@ class ProjectionRunner:
         until: datetime | None = None,
         flush_each_page: bool = True,
         empty: bool = False,
+        on_commit: Callable[[RecordedEvent], None] | None = None,
     ) -> None:
         self.name = name
         self._log = log_source
@@ -136,6 +138,7 @@ class ProjectionRunner:
         self._lock = asyncio.Lock()
         self.position = -2  # unknown until loaded
         self._advanced = asyncio.Condition()
+        self._on_commit = on_commit  # told each committed page's newest event (metrics)
 
     async def catch_up(self, progress: Callable[[int], None] | None = None) -> int:
         """Apply everything the log holds now; returns the last applied position.
@@ -162,6 +165,8 @@ class ProjectionRunner:
                 folded = events[-1].position
                 if self._flush_each_page:
                     await self._commit(folded)
+                    if self._on_commit is not None:
+                        self._on_commit(events[-1])
             except BaseException:
                 upcoming.cancel()
                 raise

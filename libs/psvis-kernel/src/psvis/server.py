@@ -15,6 +15,7 @@ from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
 from psvis.clock import Clock, SystemClock
 from psvis.grpc_server import create_server, mark_serving, server_credentials
+from psvis.metrics import ProjectionDelay, ProjectionLag, serve_metrics
 from psvis.notary import Notary
 from psvis.pki import ensure_dev_pki
 from psvis.platform import Platform, ServiceModule, discover_services
@@ -142,6 +143,7 @@ async def start_platform(
             stores.reads,
             projections,
             traced=True,
+            on_commit=ProjectionDelay(read_models, clock),
         )
         platform = Platform(stores.events, stores.reads, runner, pack, clock)
         ensure_dev_pki(settings.pki_dir)
@@ -161,6 +163,7 @@ async def start_platform(
         background: list[Callable[[], Awaitable[None]]] = [
             runner.run,
             notary.run,
+            ProjectionLag(runner, stores.events, settings.metrics_interval).run,
             *stores.background,
         ]
         tasks += [asyncio.create_task(_supervised(work)) for work in background]
@@ -208,11 +211,22 @@ async def _supervised(work: Callable[[], Awaitable[None]]) -> None:
 async def serve(settings: Settings, ready: Callable[[RunningPlatform], None] | None = None) -> None:
     setup_tracing("psvis")
     running = await start_platform(settings)
-    if ready is not None:
-        ready(running)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await running.stop()
+    try:
+        endpoint = (
+            serve_metrics(settings.metrics_listen, "psvis") if settings.metrics_listen else None
+        )
+    except BaseException:
+        await running.stop()
+        raise
+    try:
+        if ready is not None:
+            ready(running)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await running.stop()
+    finally:
+        if endpoint is not None:
+            endpoint[1].shutdown()

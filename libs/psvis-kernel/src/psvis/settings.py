@@ -26,6 +26,11 @@ class Settings:
     mongo_url: str = field(default_factory=lambda: os.environ.get("PSVIS_MONGO_URL", ""))
     namespace: str = field(default_factory=lambda: os.environ.get("PSVIS_NAMESPACE", "psvis"))
     rules_dirs: list[Path] = field(default_factory=_default_rules_dirs)
+    # Prometheus scrapes http://<metrics_listen>/metrics; empty: no endpoint (psvis.metrics)
+    metrics_listen: str = field(
+        default_factory=lambda: os.environ.get("PSVIS_METRICS_LISTEN", "127.0.0.1:9464")
+    )
+    metrics_interval: float = 5.0  # how often the projection lag is looked at, in seconds
     notary_every: int = 1000
     notary_interval: float = 2.0
 

@@ -28,6 +28,9 @@ def settings_from(args: argparse.Namespace) -> Settings:
         value = getattr(args, name, None)
         if value:
             setattr(s, name, value)
+    metrics_listen = getattr(args, "metrics_listen", None)
+    if metrics_listen is not None:  # '' turns the endpoint off
+        s.metrics_listen = metrics_listen
     return s
 
 

@@ -62,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--listen", help="host:port for gRPC (env PSVIS_LISTEN; default 127.0.0.1:50051)"
     )
+    serve.add_argument(
+        "--metrics-listen",
+        help="host:port of the Prometheus /metrics endpoint, '' for none"
+        " (env PSVIS_METRICS_LISTEN; default 127.0.0.1:9464)",
+    )
     serve.add_argument("-v", "--verbose", action="store_true", help="log at INFO")
     serve.set_defaults(run=cmd_serve)
 

@@ -31,6 +31,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         console.print(
             f"  try:          .venv/bin/psvis registry list {_client_flags(settings, p.port)}"
         )
+        if settings.metrics_listen:
+            console.print(f"  metrics:      http://{settings.metrics_listen}/metrics (Prometheus)")
         console.print("  stop with Ctrl-C")
 
     logging.basicConfig(

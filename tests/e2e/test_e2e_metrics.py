@@ -1,0 +1,84 @@
+"""Metrics (ARCHITECTURE, operations): appends, refusals, projection delay and lag, on both
+backends, read back through an SDK reader set as this process's meter provider."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc
+import pytest
+from conftest import Clients
+from e2e_kit import camera, expect, register, system
+from opentelemetry import metrics as otel
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from psvis.registry.v1 import registry_pb2 as reg
+from psvis.server import RunningPlatform
+from psvis.settings import Settings
+
+READER = InMemoryMetricReader()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def meter_provider() -> None:
+    if not isinstance(otel.get_meter_provider(), MeterProvider):
+        otel.set_meter_provider(MeterProvider(metric_readers=[READER]))
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    settings.metrics_interval = 0.05  # the lag is looked at often enough for a test
+    return settings
+
+
+def value(name: str, **attributes: Any) -> Any:
+    """The instrument's value for these attributes: a number, or (count, sum) of a histogram."""
+    data = READER.get_metrics_data()
+    for resource in data.resource_metrics if data else []:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                for p in metric.data.data_points if metric.name == name else []:
+                    if dict(p.attributes or {}) == attributes:
+                        return (p.count, p.sum) if hasattr(p, "count") else p.value
+    return None
+
+
+async def test_appends_refusals_delay_and_lag_are_measured(
+    platform: RunningPlatform, clients: Clients, settings: Settings
+) -> None:
+    registered = {"psvis.event_type": "psvis.registry.v1.SystemRegistered"}
+    refused = {"psvis.event_type": "psvis.registry.v1.CommandRefused"}
+    cited = {"psvis.rule": "placement.forbidden", "psvis.article": "Wuhan 18(1)"}
+    runner = {"psvis.projection": platform.projections.name}
+    before = {
+        "registered": value("psvis.events.appended", **registered) or 0,
+        "refused": value("psvis.events.appended", **refused) or 0,
+        "cited": value("psvis.refusals", **cited) or 0,
+        "delays": (value("psvis.projection.delay", **runner) or (0, 0.0))[0],
+    }
+
+    await register(clients.unit)
+    await register(clients.unit)
+    hotel = system(cameras=[camera(place="hotel_room")])
+    await expect(
+        clients.unit.RegisterSystem(reg.RegisterSystemRequest(system=hotel)),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "Wuhan 18(1)",
+    )
+
+    assert value("psvis.events.appended", **registered) == before["registered"] + 2
+    assert value("psvis.events.appended", **refused) == before["refused"] + 1
+    assert value("psvis.refusals", **cited) == before["cited"] + 1
+
+    size = await platform.stores.events.log_size()
+    assert await platform.projections.wait_for(size - 1)
+    delays, seconds = value("psvis.projection.delay", **runner)
+    assert delays > before["delays"] and seconds >= 0
+    lag = None
+    for _ in range(200):  # looked at every 0.05 s
+        lag = value("psvis.projection.lag", **runner)
+        if lag == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert lag == 0
