@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -16,7 +15,8 @@ from google.protobuf.message import Message
 from psvis.common.v1 import envelope_pb2 as pb
 from psvis.envelope import RecordedEvent, timestamp
 from psvis.payloads import decode_payload
-from psvis.readstore.port import Document, ReadStore, Write
+from psvis.projection_cache import DocumentCache, Entry
+from psvis.readstore.port import Document, ReadStore
 from psvis.telemetry import consumer_span
 
 log = logging.getLogger(__name__)
@@ -129,7 +129,7 @@ class ProjectionRunner:
         self._traced = traced  # live consumers continue the command's trace; replays do not
         self._keep = batch if keep is None else keep
         self._flush_each_page = flush_each_page
-        self._caches = [_Cache() for _ in projections]
+        self._caches = [DocumentCache() for _ in projections]
         # keys of the documents written so far, per projection, when the store started empty
         self._written: list[set[str]] | None = [set() for _ in projections] if empty else None
         self._writing: asyncio.Task[None] | None = None  # documents that left the cache
@@ -318,13 +318,13 @@ class ProjectionRunner:
         for i, cache in enumerate(self._caches):
             await self._write(i, cache.dirty())
 
-    def _write(self, i: int, entries: list[tuple[str, _Entry]]) -> Awaitable[None]:
+    def _write(self, i: int, entries: list[tuple[str, Entry]]) -> Awaitable[None]:
         """Write documents; they count as in the store (for `empty`) from this call on."""
         if self._written is not None:
             self._written[i].update(key for key, _ in entries)
         return self._put(i, entries)
 
-    async def _put(self, i: int, entries: list[tuple[str, _Entry]]) -> None:
+    async def _put(self, i: int, entries: list[tuple[str, Entry]]) -> None:
         if not entries:
             return
         projection, cache = self._projections[i], self._caches[i]
@@ -341,59 +341,6 @@ class ProjectionRunner:
             )
             for key, _ in entries:  # which ones lost is unknown: read them back next time
                 cache.entries.pop(key, None)
-
-
-@dataclass(slots=True)
-class _Entry:
-    """A document as folded so far, and the version the store holds (0: none)."""
-
-    doc: Document | None
-    version: int
-    stored: int
-
-    def write(self, key: str) -> Write:
-        assert self.doc is not None, "only folded documents are written"
-        return Write(key, self.doc, self.version, self.stored)
-
-
-class _Cache:
-    """One projection's documents kept between batches, least recently used first.
-
-    Documents are written back: when they leave the cache, or when the runner flushes.
-    """
-
-    def __init__(self) -> None:
-        self.entries: OrderedDict[str, _Entry] = OrderedDict()
-
-    def touch(self, keys: set[str]) -> list[str]:
-        """Mark keys as just used; returns, sorted, those not kept."""
-        entries, missing = self.entries, []
-        for key in keys:
-            if key in entries:
-                entries.move_to_end(key)
-            else:
-                missing.append(key)
-        return sorted(missing)
-
-    def load(self, stored: dict[str, tuple[Document, int]], keys: list[str]) -> None:
-        for key in keys:
-            doc, version = stored.get(key, (None, 0))
-            self.entries[key] = _Entry(doc, version, version)
-
-    def evict(self, keep: int) -> list[tuple[str, _Entry]]:
-        """Drop the least recently used entries beyond `keep`; returns those not yet written."""
-        entries, leaving = self.entries, []
-        while len(entries) > keep:
-            key, entry = entries.popitem(last=False)
-            if entry.version != entry.stored:
-                leaving.append((key, entry))
-        return leaving
-
-    def dirty(self) -> list[tuple[str, _Entry]]:
-        return [(k, e) for k, e in self.entries.items() if e.version != e.stored]
-
-    def clear(self) -> None:
-        self.entries.clear()
 
 
 def _moment(until: datetime) -> tuple[int, int]:
