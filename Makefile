@@ -29,22 +29,25 @@ proto: $(STAMP) ## generate the protobuf and gRPC code from proto/ (and compile 
 run: setup ## start the whole platform embedded (SQLite, loopback, dev certificates)
 	@.venv/bin/psvis serve
 
-lint: setup ## ruff, buf lint, buf breaking, and the rule packs (psvis rules check)
+lint: setup ## ruff, buf lint, buf breaking, the rule packs (psvis rules check) and helm lint
 	@.venv/bin/ruff check .
 	@.venv/bin/ruff format --check .
 	@"$$(scripts/install-buf.sh)" lint
 	@scripts/buf-breaking.sh "$$(scripts/install-buf.sh)"
 	@.venv/bin/psvis rules check
+	@"$$(scripts/install-helm.sh)" lint --strict --quiet helm/psvis -f helm/psvis/ci/distributed-values.yaml
 
 typecheck: setup ## mypy --strict on the kernel and the services
 	@.venv/bin/mypy libs/psvis-kernel/src/psvis services/registry/src/psvis_registry
 
 unit: setup ## unit and embedded tests only (no Kafka, no MongoDB)
 	@scripts/install-grpcurl.sh >/dev/null
+	@scripts/install-helm.sh >/dev/null
 	@$(PY) -m pytest -m "not distributed" -q
 
-test: setup lint typecheck ## everything: lint, types, unit, integration and e2e on both stacks
+test: setup lint typecheck ## everything: lint, types, unit, integration and e2e on both stacks, the chart
 	@scripts/install-grpcurl.sh >/dev/null
+	@scripts/install-helm.sh >/dev/null
 	@scripts/services.sh start >/dev/null
 	@source .run/services/env && $(PY) -m pytest; rc=$$?; scripts/services.sh stop; exit $$rc
 

@@ -34,11 +34,12 @@ go_env() {
     export GO111MODULE=on
 }
 
-# go_install_tool NAME VERSION PACKAGE [LDFLAGS]: build PACKAGE@vVERSION with `go install`
-# into $PSVIS_CACHE/NAME/VERSION/bin (once; later calls find it there) and print the binary's
-# path. LDFLAGS is for tools whose release builds stamp their version with -X.
+# go_install_tool NAME VERSION PACKAGE [LDFLAGS [VERSION_ARGS]]: build PACKAGE@vVERSION with
+# `go install` into $PSVIS_CACHE/NAME/VERSION/bin (once; later calls find it there) and print
+# the binary's path. LDFLAGS is for tools whose release builds stamp their version with -X;
+# VERSION_ARGS is how the tool prints its version (default --version).
 go_install_tool() {
-    local name="$1" version="$2" package="$3" ldflags="${4:-}"
+    local name="$1" version="$2" package="$3" ldflags="${4:-}" version_args="${5:---version}"
     local dest="$PSVIS_CACHE/$name/$version"
     local bin="$dest/bin/$name" stamp="$dest/.installed" got
     if [[ ! -x "$bin" || ! -f "$stamp" ]]; then
@@ -52,8 +53,9 @@ go_install_tool() {
         log "building $name $version with go install (a minute or two on a cold Go build cache)"
         # Run outside the repo so no go.mod/go.work of ours gets involved.
         (cd "$dest" && GOBIN="$dest/bin" GOWORK=off go install -trimpath ${ldflags:+"-ldflags=$ldflags"} "$package@v$version")
-        got="$("$bin" --version 2>&1)" || die "installed $name does not run: $bin"
-        [[ "$got" == "$version" || "$got" == *" $version" || "$got" == *" v$version" ]] ||
+        # shellcheck disable=SC2086  # VERSION_ARGS is split into words on purpose
+        got="$("$bin" $version_args 2>&1)" || die "installed $name does not run: $bin"
+        [[ "$got" == "$version" || "$got" == "v$version" || "$got" == *" $version" || "$got" == *" v$version" ]] ||
             die "expected $name $version, got '$got'"
         touch "$stamp"
         log "installed $name $version"

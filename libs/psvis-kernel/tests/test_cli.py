@@ -161,6 +161,8 @@ def test_what_the_machine_or_the_data_folder_says_is_one_line_not_a_traceback(tm
          "not a database"),
         (["serve", "--data-dir", str(tmp_path / "bad-key"), "--listen", "127.0.0.1:0"],
          "server.key is not a valid PEM private key"),
+        (["serve", "--data-dir", str(tmp_path / "svc"), "--listen", "127.0.0.1:0",
+          "--services", "registry,ingest"], "no service named ingest (installed: registry)"),
         (["registry", "register", "--data", "5"], "a JSON object is wanted"),
         (["rules", "check", str(tmp_path / "bin.toml")], "not UTF-8"),
     ]  # fmt: skip

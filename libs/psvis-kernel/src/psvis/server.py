@@ -89,6 +89,15 @@ def _leader_lock(settings: Settings) -> TextIO:
     return handle
 
 
+def chosen(found: list[ServiceModule], names: list[str]) -> list[ServiceModule]:
+    """The services named (all of them if none is); a name no service has is an error."""
+    unknown = sorted(set(names) - {s.name for s in found})
+    if unknown:
+        known = ", ".join(s.name for s in found) or "none"
+        raise ValueError(f"no service named {', '.join(unknown)} (installed: {known})")
+    return [s for s in found if not names or s.name in names]
+
+
 async def _read_models_within_log(stores: Stores, projection: str) -> None:
     """Embedded: read models further on than the log are dropped, to be rebuilt from it.
 
@@ -116,7 +125,7 @@ async def start_platform(
     services: list[ServiceModule] | None = None,
 ) -> RunningPlatform:
     clock = clock or SystemClock()
-    services = services if services is not None else discover_services()
+    services = services if services is not None else chosen(discover_services(), settings.services)
     pack = load_pack(find_pack(settings.city, settings.rules_dirs))
     problems = [p for s in services for p in check_requirements(pack, list(s.needs))]
     if problems:

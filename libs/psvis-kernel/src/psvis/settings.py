@@ -26,6 +26,12 @@ class Settings:
     mongo_url: str = field(default_factory=lambda: os.environ.get("PSVIS_MONGO_URL", ""))
     namespace: str = field(default_factory=lambda: os.environ.get("PSVIS_NAMESPACE", "psvis"))
     rules_dirs: list[Path] = field(default_factory=_default_rules_dirs)
+    # the services this process serves (one Deployment per service); empty: every one
+    services: list[str] = field(
+        default_factory=lambda: [
+            s.strip() for s in os.environ.get("PSVIS_SERVICES", "").split(",") if s.strip()
+        ]
+    )
     # Prometheus scrapes http://<metrics_listen>/metrics; empty: no endpoint (psvis.metrics)
     metrics_listen: str = field(
         default_factory=lambda: os.environ.get("PSVIS_METRICS_LISTEN", "127.0.0.1:9464")

@@ -24,6 +24,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         "kafka_bootstrap",
         "mongo_url",
         "namespace",
+        "services",
     ):
         value = getattr(args, name, None)
         if value:

@@ -63,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--listen", help="host:port for gRPC (env PSVIS_LISTEN; default 127.0.0.1:50051)"
     )
     serve.add_argument(
+        "--services",
+        type=lambda text: [name.strip() for name in text.split(",") if name.strip()],
+        help="comma-separated services to serve, e.g. registry (env PSVIS_SERVICES; default all)",
+    )
+    serve.add_argument(
         "--metrics-listen",
         help="host:port of the Prometheus /metrics endpoint, '' for none"
         " (env PSVIS_METRICS_LISTEN; default 127.0.0.1:9464)",
