@@ -11,6 +11,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from google.protobuf.wrappers_pb2 import StringValue
 from psvis.audit import verify_store
+from psvis.checkpoints import CheckpointRecord
 from psvis.clock import FixedClock
 from psvis.envelope import RecordedEvent
 from psvis.errors import ConcurrencyConflict
@@ -259,3 +260,69 @@ async def test_notary_checkpoints_verify(harness: Harness) -> None:
     report = await verify_store(store, harness.checkpoints, [signer.public])
     assert report.ok, report.failure
     assert report.unnotarised_tail == 0
+
+
+async def test_notaries_side_by_side_keep_one_chain_of_checkpoints(harness: Harness) -> None:
+    """Two notaries of one log (two replicas, or a restart overlapping the old process) race
+    for every checkpoint: the store takes one checkpoint from each tree size, the one that lost
+    goes on from it, and the checkpoints stay one chain that `audit verify` accepts."""
+    from psvis.signing import Signer
+
+    signer = Signer(Ed25519PrivateKey.generate())
+    store = harness.events
+    notaries = [
+        Notary(store, harness.checkpoints, signer, FixedClock(T0), every=every) for every in (3, 4)
+    ]
+    for _ in range(3):
+        await append_many(store, streams=3, rounds=3)
+        await harness.publish()
+        sizes = await asyncio.gather(*(n.catch_up() for n in notaries))
+        assert sizes == [await store.log_size()] * 2
+    records = await harness.checkpoints.all(store.log_id)
+    assert [r.previous_size for r in records] == [0, *(r.tree_size for r in records[:-1])]
+    assert records[-1].tree_size == await store.log_size()
+    assert await harness.checkpoints.latest(store.log_id) == records[-1]
+    report = await verify_store(store, harness.checkpoints, [signer.public])
+    assert report.ok, report.failure
+    assert report.unnotarised_tail == 0
+    # a checkpoint that does not extend the latest is refused; the latest, again, is not
+    stale = records[0]
+    assert not await harness.checkpoints.add(
+        CheckpointRecord(stale.log_id, stale.tree_size + 1, stale.signed, stale.leaves + bytes(32),
+                         stale.frontier)
+    )  # fmt: skip
+    assert await harness.checkpoints.add(records[-1])
+    assert await harness.checkpoints.all(store.log_id) == records
+
+
+async def test_notaries_following_the_log_side_by_side_keep_one_chain(harness: Harness) -> None:
+    """The same for two notaries that follow the log (Notary.run), as two replicas do."""
+    from psvis.signing import Signer
+
+    signer = Signer(Ed25519PrivateKey.generate())
+    store = harness.events
+    notaries = [
+        Notary(store, harness.checkpoints, signer, FixedClock(T0), every=every, interval=0.05)
+        for every in (3, 4)
+    ]
+    running = [asyncio.create_task(n.run()) for n in notaries]
+    try:
+        for _ in range(4):
+            await append_many(store, streams=3, rounds=2)
+            await harness.publish()
+            await asyncio.sleep(0.2)
+        size = await store.log_size()
+        for _ in range(100):
+            latest = await harness.checkpoints.latest(store.log_id)
+            if latest is not None and latest.tree_size == size:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+    records = await harness.checkpoints.all(store.log_id)
+    assert [r.previous_size for r in records] == [0, *(r.tree_size for r in records[:-1])]
+    assert records[-1].tree_size == size
+    report = await verify_store(store, harness.checkpoints, [signer.public])
+    assert report.ok, report.failure

@@ -8,6 +8,7 @@ from typing import Any, Protocol
 
 from psvis.common.v1 import envelope_pb2 as pb
 from psvis.eventstore.port import LogUnreadable
+from psvis.sqlite_conn import in_transaction
 from psvis.sqlite_db import SqliteDatabase
 
 
@@ -25,12 +26,21 @@ class CheckpointRecord:
     leaves: bytes  # 32-byte leaf hashes of positions [previous tree_size, tree_size)
     frontier: bytes  # the compact Merkle range at tree_size, to resume without re-reading
 
+    @property
+    def previous_size(self) -> int:
+        """The tree size this checkpoint extends."""
+        return self.tree_size - len(self.leaves) // 32
+
     def checkpoint(self) -> pb.Checkpoint:
         return pb.Checkpoint.FromString(pb.SignedCheckpoint.FromString(self.signed).checkpoint)
 
 
 class CheckpointStore(Protocol):
-    async def add(self, record: CheckpointRecord) -> None: ...
+    async def add(self, record: CheckpointRecord) -> bool:
+        """Add a checkpoint extending the latest one; False, adding nothing, if another
+        checkpoint already extends the tree size this one starts from (another notary signed
+        first: the caller goes on from the latest). Adding the same checkpoint again is True."""
+        ...
 
     async def latest(self, log_id: str) -> CheckpointRecord | None: ...
 
@@ -59,14 +69,31 @@ class SqliteCheckpointStore:
         if not read_only:
             db.run_sync(lambda c: c.executescript(SCHEMA))
 
-    async def add(self, record: CheckpointRecord) -> None:
-        def work(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT OR IGNORE INTO checkpoints VALUES (?, ?, ?, ?, ?)",
-                (record.log_id, record.tree_size, record.signed, record.leaves, record.frontier),
-            )
+    async def add(self, record: CheckpointRecord) -> bool:
+        def work(c: sqlite3.Connection) -> bool:
+            (tip,) = c.execute(
+                "SELECT COALESCE(MAX(tree_size), 0) FROM checkpoints WHERE log_id = ?",
+                (record.log_id,),
+            ).fetchone()
+            if tip == record.previous_size:
+                c.execute(
+                    "INSERT OR IGNORE INTO checkpoints VALUES (?, ?, ?, ?, ?)",
+                    (
+                        record.log_id,
+                        record.tree_size,
+                        record.signed,
+                        record.leaves,
+                        record.frontier,
+                    ),
+                )
+                return True
+            same = c.execute(
+                "SELECT 1 FROM checkpoints WHERE log_id = ? AND tree_size = ? AND leaves = ?",
+                (record.log_id, record.tree_size, record.leaves),
+            ).fetchone()
+            return same is not None  # this very checkpoint, added before
 
-        await self._db.run(work)
+        return await self._db.run(lambda conn: in_transaction(conn, work))
 
     async def latest(self, log_id: str) -> CheckpointRecord | None:
         rows = await self._select(log_id, "ORDER BY tree_size DESC LIMIT 1")

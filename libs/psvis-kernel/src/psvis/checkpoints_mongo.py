@@ -40,10 +40,11 @@ class MongoCheckpointStore:
     def __init__(self, db: AsyncDatabase[Doc], namespace: str) -> None:
         self._coll: AsyncCollection[Doc] = db[f"{namespace}.checkpoints"]
 
-    async def add(self, record: CheckpointRecord) -> None:
-        """Idempotent: a second checkpoint extending the same tree size is ignored."""
-        previous = record.tree_size - len(record.leaves) // 32
-        with contextlib.suppress(DuplicateKeyError):
+    async def add(self, record: CheckpointRecord) -> bool:
+        """Keyed by the tree size it extends: a second checkpoint extending the same size is
+        refused (False), unless it is this very one again (True, as its first add was)."""
+        previous = record.previous_size
+        try:
             await self._coll.insert_one(
                 {
                     "_id": _id(record.log_id, previous),
@@ -56,7 +57,16 @@ class MongoCheckpointStore:
                     "frontier": record.frontier,
                 }
             )
+        except DuplicateKeyError:
+            there = await self._coll.find_one({"_id": _id(record.log_id, previous)})
+            if (
+                there is None
+                or int(there["tree_size"]) != record.tree_size
+                or bytes(there["leaves"]) != record.leaves
+            ):
+                return False
         await self._hint(record.log_id, previous, record.tree_size)
+        return True
 
     async def _hint(self, log_id: str, previous: int, tree_size: int) -> None:
         with contextlib.suppress(DuplicateKeyError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from psvis.checkpoints import CheckpointRecord, CheckpointStore
@@ -28,8 +29,19 @@ def sign_checkpoint(signer: Signer, log_id: str, tree: MerkleTree, clock: Clock)
     return signed.SerializeToString(deterministic=True)
 
 
+class _Overtaken(Exception):
+    """Another notary signed a checkpoint from the same tree size first."""
+
+
 class Notary:
-    """AUD-1: a checkpoint every `every` events, and at most `interval` seconds after an event."""
+    """AUD-1: a checkpoint every `every` events, and at most `interval` seconds after an event.
+
+    Notaries of one log may run side by side (replicas, or a restart that overlaps the old
+    process): each checkpoint extends the latest one, and the store takes only one checkpoint
+    from any tree size. A notary whose checkpoint was refused for that reason was overtaken: it
+    drops what it had not signed and goes on from the latest checkpoint, so the checkpoints stay
+    one chain and each event is signed once.
+    """
 
     def __init__(
         self,
@@ -67,24 +79,31 @@ class Notary:
 
     async def catch_up(self) -> int:
         """Notarise everything in the log now; returns the signed tree size."""
-        await self._load()
-        async for event in read_log(self._store, after=self._tree.size - 1):
-            self._add(event.hash)
-            if len(self._pending) >= self._every:
-                await self._checkpoint()
-        if self._pending:
-            await self._checkpoint()
-        return self._tree.size
+        while True:
+            await self._load()
+            try:
+                async for event in read_log(self._store, after=self._tree.size - 1):
+                    self._add(event.hash)
+                    if len(self._pending) >= self._every:
+                        await self._checkpoint()
+                if self._pending:
+                    await self._checkpoint()
+                return self._tree.size
+            except _Overtaken:
+                continue
 
     async def run(self) -> None:
-        """Follow the log for ever (the caller holds the leader lock)."""
-        await self._load()
-        follower = self._follow()
-        try:
-            await follower
-        finally:
-            if self._pending:
-                await self._checkpoint()
+        """Follow the log for ever."""
+        while True:
+            await self._load()
+            try:
+                await self._follow()
+            except _Overtaken:
+                continue
+            finally:
+                if self._pending:
+                    with contextlib.suppress(_Overtaken):
+                        await self._checkpoint()
 
     async def _follow(self) -> None:
         queue: asyncio.Queue[bytes] = asyncio.Queue()
@@ -125,6 +144,13 @@ class Notary:
             leaves=b"".join(self._pending),
             frontier=encode_frontier(self._tree),
         )
-        await self._checkpoints.add(record)
+        if not await self._checkpoints.add(record):
+            log.info(
+                "%s: another notary signed from %d first; going on from the latest checkpoint",
+                record.log_id,
+                record.previous_size,
+            )
+            self._tree, self._pending, self._loaded = MerkleTree(), [], False
+            raise _Overtaken
         self._pending = []
         log.debug("checkpoint %s at %d", record.log_id, record.tree_size)
