@@ -31,8 +31,9 @@ from psvis.checkpoints_mongo import MongoCheckpointStore
 from psvis.clock import FixedClock
 from psvis.common.v1 import envelope_pb2 as pb
 from psvis.envelope import seal
+from psvis.eventstore.kafka_log import ensure_topic
 from psvis.eventstore.mongo_docs import POSITION_HEADER, STRIDE, anchor_id
-from psvis.eventstore.mongo_kafka import MongoKafkaEventStore, ensure_topic
+from psvis.eventstore.mongo_kafka import MongoKafkaEventStore
 from psvis.notary import Notary
 from psvis.signing import Signer, public_path
 from psvis.stores import Stores
