@@ -164,7 +164,7 @@ def test_a_mongo_url_given_inline_and_a_rules_folder_are_passed_as_is() -> None:
         (["tls.secretName="], "tls.secretName is required"),
         (["notary.secretName="], "notary.secretName is required"),
         (["mongo.existingSecret="], "mongo.url or mongo.existingSecret is required"),
-        (["services.registry.replicas=2"], "Must be less than or equal to 1"),
+        (["services.registry.replicas=-1"], "Must be greater than or equal to 0"),
         (["mongo.url=http://m"], "mongo.url: Does not match pattern"),
         (["kafka.bootstrap=kafka"], "kafka.bootstrap: Does not match pattern"),
         (["grpcPort=0"], "grpcPort: Must be greater than or equal to 1"),
