@@ -1,5 +1,5 @@
 """Metrics (ARCHITECTURE, operations): appends, refusals, projection delay and lag, on both
-backends, read back through an SDK reader set as this process's meter provider."""
+backends, read back through the process's reader of every instrument."""
 
 from __future__ import annotations
 
@@ -8,22 +8,11 @@ from typing import Any
 
 import grpc
 import pytest
-from conftest import Clients
 from e2e_kit import camera, expect, register, system
-from opentelemetry import metrics as otel
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from psvis import metrics
 from psvis.registry.v1 import registry_pb2 as reg
 from psvis.server import RunningPlatform
 from psvis.settings import Settings
-
-READER = InMemoryMetricReader()
-
-
-@pytest.fixture(autouse=True, scope="module")
-def meter_provider() -> None:
-    if not isinstance(otel.get_meter_provider(), MeterProvider):
-        otel.set_meter_provider(MeterProvider(metric_readers=[READER]))
 
 
 @pytest.fixture
@@ -34,7 +23,7 @@ def settings(settings: Settings) -> Settings:
 
 def value(name: str, **attributes: Any) -> Any:
     """The instrument's value for these attributes: a number, or (count, sum) of a histogram."""
-    data = READER.get_metrics_data()
+    data = metrics.in_memory_reader().get_metrics_data()
     for resource in data.resource_metrics if data else []:
         for scope in resource.scope_metrics:
             for metric in scope.metrics:
@@ -45,7 +34,7 @@ def value(name: str, **attributes: Any) -> Any:
 
 
 async def test_appends_refusals_delay_and_lag_are_measured(
-    platform: RunningPlatform, clients: Clients, settings: Settings
+    platform: RunningPlatform, clients: Any, settings: Settings
 ) -> None:
     registered = {"psvis.event_type": "psvis.registry.v1.SystemRegistered"}
     refused = {"psvis.event_type": "psvis.registry.v1.CommandRefused"}

@@ -1,7 +1,7 @@
 """Metrics: what commands and the projection runner record, read back through an SDK reader.
 
-The instruments are global; this module's reader is set as the process's meter provider once,
-and each test compares the values before and after what it does.
+The instruments are global, and so is the process's reader of them (metrics.in_memory_reader):
+each test compares the values before and after what it does.
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ import pytest
 from google.protobuf.message import Message
 from kernel_fixtures import START, build_log, note
 from opentelemetry import metrics as otel
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from psvis import metrics
 from psvis.clock import FixedClock, SequentialIds
 from psvis.common.v1 import envelope_pb2 as pb
@@ -30,20 +28,11 @@ from psvis.readstore.sqlite import SqliteReadStore
 from psvis.sqlite_db import SqliteDatabase
 from test_replay import count_notes
 
-READER = InMemoryMetricReader()
-
-
-@pytest.fixture(autouse=True, scope="module")
-def meter_provider() -> None:
-    if not isinstance(otel.get_meter_provider(), MeterProvider):
-        otel.set_meter_provider(MeterProvider(metric_readers=[READER]))
-    assert otel.get_meter_provider()._sdk_config.metric_readers == [READER]  # type: ignore[attr-defined]
-
 
 def points(name: str) -> dict[frozenset[tuple[str, Any]], Any]:
     """Each data point of instrument `name`: its value (sum, gauge) or (count, sum) (histogram)."""
     found: dict[frozenset[tuple[str, Any]], Any] = {}
-    data = READER.get_metrics_data()
+    data = metrics.in_memory_reader().get_metrics_data()
     for resource in data.resource_metrics if data else []:
         for scope in resource.scope_metrics:
             for metric in scope.metrics:

@@ -31,6 +31,7 @@ from psvis.clock import Clock
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
     from psvis.envelope import RecordedEvent
     from psvis.errors import Citation
@@ -152,6 +153,29 @@ projection_lag = meter.create_observable_gauge(
     unit="{event}",
     description="Events the log holds that the read models have not applied yet",
 )
+
+
+_in_memory: InMemoryMetricReader | None = None
+
+
+def in_memory_reader() -> InMemoryMetricReader:
+    """A reader of every instrument's values in this process, for tests and tools: the first
+    call sets a meter provider with it as the global one, later calls return the same reader.
+
+    A process sets its meter provider once; one set by anything else is an error here.
+    """
+    global _in_memory
+    if _in_memory is None:
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+        reader = InMemoryMetricReader()
+        provider = MeterProvider(metric_readers=[reader])
+        metrics.set_meter_provider(provider)
+        if metrics.get_meter_provider() is not provider:
+            raise RuntimeError("this process has a meter provider already")
+        _in_memory = reader
+    return _in_memory
 
 
 class MetricsUnavailable(RuntimeError):
