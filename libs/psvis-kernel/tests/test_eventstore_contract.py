@@ -6,6 +6,7 @@ import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -285,12 +286,15 @@ async def test_notaries_side_by_side_keep_one_chain_of_checkpoints(harness: Harn
     report = await verify_store(store, harness.checkpoints, [signer.public])
     assert report.ok, report.failure
     assert report.unnotarised_tail == 0
-    # a checkpoint that does not extend the latest is refused; the latest, again, is not
+    # a checkpoint that does not extend the latest is refused: one from a taken tree size, or
+    # from a free one that is not the latest's end; the latest, added again, is not
     stale = records[0]
-    assert not await harness.checkpoints.add(
-        CheckpointRecord(stale.log_id, stale.tree_size + 1, stale.signed, stale.leaves + bytes(32),
-                         stale.frontier)
-    )  # fmt: skip
+    for start in (0, stale.tree_size + 1):
+        leaves = bytes(32) * (stale.tree_size + 2 - start)
+        assert not await harness.checkpoints.add(
+            CheckpointRecord(stale.log_id, stale.tree_size + 2, stale.signed, leaves,
+                             stale.frontier)
+        ), start  # fmt: skip
     assert await harness.checkpoints.add(records[-1])
     assert await harness.checkpoints.all(store.log_id) == records
 
@@ -326,3 +330,66 @@ async def test_notaries_following_the_log_side_by_side_keep_one_chain(harness: H
     assert records[-1].tree_size == size
     report = await verify_store(store, harness.checkpoints, [signer.public])
     assert report.ok, report.failure
+
+
+async def test_a_notary_that_follows_the_log_and_catches_up_at_once_signs_each_event_once(
+    harness: Harness,
+) -> None:
+    """`stop()` notarises the tail while the follower may still be winding down: the two never
+    change the tree at once, and an event one of them signed is not signed again."""
+    from psvis.signing import Signer
+
+    signer = Signer(Ed25519PrivateKey.generate())
+    store = harness.events
+    notary = Notary(store, harness.checkpoints, signer, FixedClock(T0), every=3, interval=0.05)
+    following = asyncio.create_task(notary.run())
+    try:
+        for _ in range(4):
+            await append_many(store, streams=3, rounds=2)
+            await harness.publish()
+            assert await notary.catch_up() == await store.log_size()
+            await asyncio.sleep(0.05)
+    finally:
+        following.cancel()
+        await asyncio.gather(following, return_exceptions=True)
+    records = await harness.checkpoints.all(store.log_id)
+    assert [r.previous_size for r in records] == [0, *(r.tree_size for r in records[:-1])]
+    assert records[-1].tree_size == await store.log_size()
+    report = await verify_store(store, harness.checkpoints, [signer.public])
+    assert report.ok, report.failure
+
+
+class RefusingCheckpoints:
+    """A checkpoint store that refuses every checkpoint (one that keeps answering False)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.refused = 0
+
+    async def add(self, record: CheckpointRecord) -> bool:
+        self.refused += 1
+        return False
+
+    async def latest(self, log_id: str) -> CheckpointRecord | None:
+        return await self.inner.latest(log_id)
+
+    async def all(self, log_id: str) -> list[CheckpointRecord]:
+        return await self.inner.all(log_id)
+
+
+async def test_a_notary_whose_checkpoints_keep_being_refused_waits_longer_each_time(
+    harness: Harness,
+) -> None:
+    from psvis.signing import Signer
+
+    await append_many(harness.events, streams=2, rounds=2)
+    await harness.publish()
+    refusing = RefusingCheckpoints(harness.checkpoints)
+    notary = Notary(harness.events, refusing, Signer(Ed25519PrivateKey.generate()),
+                    FixedClock(T0), every=2)  # fmt: skip
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(notary.catch_up(), 0.6)
+    # waits of 5 ms doubling: about seven tries in 0.6 s, where a loop without them makes
+    # hundreds; and the store holds nothing it refused
+    assert 3 <= refusing.refused <= 12, refusing.refused
+    assert await harness.checkpoints.all(harness.events.log_id) == []

@@ -41,9 +41,14 @@ class MongoCheckpointStore:
         self._coll: AsyncCollection[Doc] = db[f"{namespace}.checkpoints"]
 
     async def add(self, record: CheckpointRecord) -> bool:
-        """Keyed by the tree size it extends: a second checkpoint extending the same size is
-        refused (False), unless it is this very one again (True, as its first add was)."""
+        """Keyed by the tree size it extends: a checkpoint that does not extend the latest one,
+        or a second one extending the same size, is refused (False), unless it is this very
+        checkpoint again (True, as its first add was). The `_id` settles a race between two
+        that both found the same latest one."""
         previous = record.previous_size
+        latest = await self.latest(record.log_id)
+        if (0 if latest is None else latest.tree_size) != previous:
+            return await self._holds(record)
         try:
             await self._coll.insert_one(
                 {
@@ -58,15 +63,18 @@ class MongoCheckpointStore:
                 }
             )
         except DuplicateKeyError:
-            there = await self._coll.find_one({"_id": _id(record.log_id, previous)})
-            if (
-                there is None
-                or int(there["tree_size"]) != record.tree_size
-                or bytes(there["leaves"]) != record.leaves
-            ):
-                return False
+            return await self._holds(record)
         await self._hint(record.log_id, previous, record.tree_size)
         return True
+
+    async def _holds(self, record: CheckpointRecord) -> bool:
+        """Whether this very checkpoint is stored already."""
+        there = await self._coll.find_one({"_id": _id(record.log_id, record.previous_size)})
+        return (
+            there is not None
+            and int(there["tree_size"]) == record.tree_size
+            and bytes(there["leaves"]) == record.leaves
+        )
 
     async def _hint(self, log_id: str, previous: int, tree_size: int) -> None:
         with contextlib.suppress(DuplicateKeyError):

@@ -30,7 +30,8 @@ def sign_checkpoint(signer: Signer, log_id: str, tree: MerkleTree, clock: Clock)
 
 
 class _Overtaken(Exception):
-    """Another notary signed a checkpoint from the same tree size first."""
+    """Another notary signed a checkpoint from the same tree size first; or the tree moved on
+    past what the log's feed delivers. Either way: go on from the latest checkpoint."""
 
 
 class Notary:
@@ -62,6 +63,8 @@ class Notary:
         self._tree = MerkleTree()
         self._pending: list[bytes] = []
         self._loaded = False
+        self._lock = asyncio.Lock()  # run() and catch_up() never change the tree at once
+        self._refused = 0  # checkpoints refused in a row
 
     @property
     def tree_size(self) -> int:
@@ -80,37 +83,47 @@ class Notary:
     async def catch_up(self) -> int:
         """Notarise everything in the log now; returns the signed tree size."""
         while True:
-            await self._load()
             try:
-                async for event in read_log(self._store, after=self._tree.size - 1):
-                    self._add(event.hash)
-                    if len(self._pending) >= self._every:
+                async with self._lock:
+                    await self._load()
+                    async for event in read_log(self._store, after=self._tree.size - 1):
+                        self._add(event.hash)
+                        if len(self._pending) >= self._every:
+                            await self._checkpoint()
+                    if self._pending:
                         await self._checkpoint()
-                if self._pending:
-                    await self._checkpoint()
-                return self._tree.size
+                    return self._tree.size
             except _Overtaken:
-                continue
+                await self._pause()
 
     async def run(self) -> None:
         """Follow the log for ever."""
         while True:
-            await self._load()
             try:
+                async with self._lock:
+                    await self._load()
                 await self._follow()
             except _Overtaken:
-                continue
+                await self._pause()
             finally:
                 if self._pending:
-                    with contextlib.suppress(_Overtaken):
-                        await self._checkpoint()
+                    async with self._lock:
+                        with contextlib.suppress(_Overtaken):
+                            await self._checkpoint()
+
+    async def _pause(self) -> None:
+        """After a refused checkpoint: a moment, longer each time in a row (the store may keep
+        refusing for another reason than a faster notary: then this says so)."""
+        if self._refused and self._refused % 20 == 0:
+            log.warning("%s: %d checkpoints refused in a row", self._store.log_id, self._refused)
+        await asyncio.sleep(min(0.005 * 2**self._refused, 2.0))
 
     async def _follow(self) -> None:
-        queue: asyncio.Queue[bytes] = asyncio.Queue()
+        queue: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue()
 
         async def feed() -> None:
             async for event in read_log(self._store, after=self._tree.size - 1, follow=True):
-                await queue.put(event.hash)
+                await queue.put((event.position, event.hash))
 
         feeder = asyncio.create_task(feed())
         loop = asyncio.get_running_loop()
@@ -119,15 +132,21 @@ class Notary:
             while True:
                 try:
                     timeout = max(0.0, due - loop.time()) if self._pending else None
-                    leaf = await asyncio.wait_for(queue.get(), timeout=timeout)
+                    position, leaf = await asyncio.wait_for(queue.get(), timeout=timeout)
                 except TimeoutError:
-                    await self._checkpoint()
+                    async with self._lock:
+                        await self._checkpoint()
                     continue
-                if not self._pending:
-                    due = loop.time() + self._interval
-                self._add(leaf)
-                if len(self._pending) >= self._every or loop.time() >= due:
-                    await self._checkpoint()
+                async with self._lock:
+                    if position < self._tree.size:
+                        continue  # catch_up() signed it meanwhile
+                    if position > self._tree.size:
+                        raise _Overtaken  # the tree moved past the feed: start it again
+                    if not self._pending:
+                        due = loop.time() + self._interval
+                    self._add(leaf)
+                    if len(self._pending) >= self._every or loop.time() >= due:
+                        await self._checkpoint()
         finally:
             feeder.cancel()
 
@@ -151,6 +170,7 @@ class Notary:
                 record.previous_size,
             )
             self._tree, self._pending, self._loaded = MerkleTree(), [], False
+            self._refused += 1
             raise _Overtaken
-        self._pending = []
+        self._pending, self._refused = [], 0
         log.debug("checkpoint %s at %d", record.log_id, record.tree_size)
