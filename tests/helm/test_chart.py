@@ -170,9 +170,30 @@ def test_a_mongo_url_given_inline_and_a_rules_folder_are_passed_as_is() -> None:
         (["grpcPort=0"], "grpcPort: Must be greater than or equal to 1"),
         (["city=Wu Han"], "city: Does not match pattern"),
         (["replicas=1"], "Additional property replicas is not allowed"),
+        (
+            ["services.Reg_X.enabled=true", "services.Reg_X.replicas=1"],
+            'Property name of "Reg_X" does not match',
+        ),
     ],
 )
 def test_values_that_cannot_work_are_refused_by_name(sets: list[str], message: str) -> None:
     flags = [f"--set={s}" for s in sets]
     out = run_helm("template", "city", str(CHART), "-f", str(CI_VALUES), *flags)
     assert out.returncode != 0 and message in out.stderr, out.stderr
+
+
+def test_pod_annotations_join_the_scrape_ones_without_repeating_a_key() -> None:
+    flags = [
+        "--set-string=podAnnotations.team=video",
+        "--set-string=podAnnotations.prometheus\\.io/path=/m",
+    ]
+    out = run_helm("template", "city", str(CHART), "-f", str(CI_VALUES), *flags)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("prometheus.io/path:") == 1  # YAML would keep only one of two
+    [deployment] = [d for d in yaml.safe_load_all(out.stdout) if d and d["kind"] == "Deployment"]
+    assert deployment["spec"]["template"]["metadata"]["annotations"] == {
+        "team": "video",
+        "prometheus.io/path": "/m",
+        "prometheus.io/port": "9464",
+        "prometheus.io/scrape": "true",
+    }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -13,6 +14,9 @@ from pathlib import Path
 
 import pytest
 from psvis.pki import ensure_dev_pki
+
+# psvis serve on ports the system picks, so that no test waits on a port another holds
+SERVE = ["serve", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"]
 
 
 def test_a_reader_that_stops_early_gets_no_traceback() -> None:
@@ -156,13 +160,12 @@ def test_what_the_machine_or_the_data_folder_says_is_one_line_not_a_traceback(tm
     ensure_dev_pki(tmp_path / "bad-key" / "pki")
     (tmp_path / "bad-key" / "pki" / "server.key").write_text("not a key\n")
     cases = [
-        (["serve", "--data-dir", str(tmp_path / "a-file"), "--listen", "127.0.0.1:0"], "a-file"),
-        (["serve", "--data-dir", str(tmp_path / "damaged"), "--listen", "127.0.0.1:0"],
-         "not a database"),
-        (["serve", "--data-dir", str(tmp_path / "bad-key"), "--listen", "127.0.0.1:0"],
+        ([*SERVE, "--data-dir", str(tmp_path / "a-file")], "a-file"),
+        ([*SERVE, "--data-dir", str(tmp_path / "damaged")], "not a database"),
+        ([*SERVE, "--data-dir", str(tmp_path / "bad-key")],
          "server.key is not a valid PEM private key"),
-        (["serve", "--data-dir", str(tmp_path / "svc"), "--listen", "127.0.0.1:0",
-          "--services", "registry,ingest"], "no service named ingest (installed: registry)"),
+        ([*SERVE, "--data-dir", str(tmp_path / "svc"), "--services", "registry,ingest"],
+         "no service named ingest (installed: registry)"),
         (["registry", "register", "--data", "5"], "a JSON object is wanted"),
         (["rules", "check", str(tmp_path / "bin.toml")], "not UTF-8"),
     ]  # fmt: skip
@@ -186,8 +189,8 @@ TLS_DAMAGES = {
 @pytest.mark.parametrize(
     ("command", "file"),
     [
-        (["serve", "--listen", "127.0.0.1:0"], "server.crt"),
-        (["serve", "--listen", "127.0.0.1:0"], "server.key"),
+        (SERVE, "server.crt"),
+        (SERVE, "server.key"),
         (["registry", "list", "--server", "localhost:1", "--as", "dev-unit"], "dev-unit.key"),
         (["registry", "list", "--server", "localhost:1", "--as", "dev-unit"], "ca.crt"),
         (["certs", "issue", "district-7", "police"], "ca.crt"),
@@ -223,18 +226,10 @@ def test_a_tls_file_missing_unreadable_or_not_pem_is_a_client_error_naming_it(
         assert error["code"] == "CLIENT_ERROR" and f"error: {error['message']}" == line, error
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_serve_publishes_metrics_for_prometheus_and_stops_cleanly(tmp_path: Path) -> None:
-    """`psvis serve` answers GET /metrics (Prometheus text) at --metrics-listen, names it in
-    its banner, and stops on SIGINT with the endpoint."""
-    metrics = f"127.0.0.1:{_free_port()}"
-    command = [sys.executable, "-m", "psvis.cli.main", "serve", "--data-dir", str(tmp_path),
-               "--listen", "127.0.0.1:0", "--metrics-listen", metrics]  # fmt: skip
+    """`psvis serve` answers GET /metrics (Prometheus text) at --metrics-listen (port 0: one
+    the system picks, which the banner names), and stops on SIGINT with the endpoint."""
+    command = [sys.executable, "-m", "psvis.cli.main", *SERVE, "--data-dir", str(tmp_path)]
     proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stderr is not None
@@ -243,8 +238,10 @@ def test_serve_publishes_metrics_for_prometheus_and_stops_cleanly(tmp_path: Path
             line = proc.stderr.readline()
             assert line, f"serve ended: {banner}"
             banner += line
-        assert f"metrics:      http://{metrics}/metrics" in banner
-        with urllib.request.urlopen(f"http://{metrics}/metrics", timeout=10) as response:
+        found = re.search(r"metrics: +http://(127\.0\.0\.1:(\d+))/metrics", banner)
+        assert found and found[2] != "0", banner
+        url = f"http://{found[1]}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
             text = response.read().decode()
         assert response.headers["Content-Type"].startswith("text/plain")
         assert 'psvis_projection_lag{psvis_projection="psvis.read-models"} 0.0' in text, text
@@ -253,19 +250,22 @@ def test_serve_publishes_metrics_for_prometheus_and_stops_cleanly(tmp_path: Path
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0
     with pytest.raises(OSError):
-        urllib.request.urlopen(f"http://{metrics}/metrics", timeout=5)
+        urllib.request.urlopen(url, timeout=5)
 
 
-def test_serve_refuses_a_metrics_address_it_cannot_listen_on(tmp_path: Path) -> None:
+def test_serve_refuses_a_metrics_address_it_cannot_listen_on_before_it_opens_anything(
+    tmp_path: Path,
+) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         busy = f"127.0.0.1:{taken.getsockname()[1]}"
         run = subprocess.run(
-            [sys.executable, "-m", "psvis.cli.main", "serve", "--data-dir", str(tmp_path),
+            [sys.executable, "-m", "psvis.cli.main", "serve", "--data-dir", str(tmp_path / "d"),
              "--listen", "127.0.0.1:0", "--metrics-listen", busy],
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip
     assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
     assert f"cannot serve metrics on {busy}" in run.stderr
     assert "--metrics-listen" in run.stderr
+    assert not (tmp_path / "d").exists()  # no data folder, no certificates, no key made

@@ -105,7 +105,10 @@ async def test_projection_lag_is_what_the_log_holds_beyond_the_read_models(tmp_p
     log = await build_log(tmp_path, events=5, streams=2)
     runner = ProjectionRunner("lag-test", log.store, SqliteReadStore(log.db), PROJECTIONS)
     lag = metrics.ProjectionLag(runner, log.store, interval=0.01)
-    assert await lag.look() == 5  # nothing applied yet
+    assert await lag.look() is None  # the runner has not loaded its position yet: unknown
+    empty = ProjectionRunner("empty-test", log.store, SqliteReadStore(log.db), PROJECTIONS)
+    empty.position = -1  # loaded: nothing applied
+    assert await metrics.ProjectionLag(empty, log.store).look() == 5
     await runner.catch_up()
     assert await lag.look() == 0
     await log.store.append("s-0", 3, [note("one more", log.clock)])
@@ -149,12 +152,16 @@ async def test_projection_delay_is_recorded_once_per_committed_page(tmp_path: Pa
 
 
 @pytest.mark.parametrize("listen", ["busy", "no-port", "127.0.0.1:http"])
-def test_metrics_that_cannot_listen_are_refused_and_change_nothing(listen: str) -> None:
-    provider = otel.get_meter_provider()
+def test_metrics_that_cannot_listen_are_refused_and_change_nothing(
+    listen: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_provider(provider: object) -> None:
+        raise AssertionError("a meter provider was set for an endpoint that does not serve")
+
+    monkeypatch.setattr(otel, "set_meter_provider", no_provider)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         address = f"127.0.0.1:{taken.getsockname()[1]}" if listen == "busy" else listen
         with pytest.raises(metrics.MetricsUnavailable, match="metrics"):
             metrics.serve_metrics(address, "psvis")
-    assert otel.get_meter_provider() is provider

@@ -7,7 +7,8 @@ own. Attributes are bounded: event types, the rule packs' rules and articles, an
 Served to Prometheus as (OpenTelemetry's names, translated by its exporter):
 - psvis_events_appended_total{psvis_event_type}: events that commands appended to the log;
 - psvis_append_conflicts_total: appends refused because the stream had moved on (optimistic
-  concurrency); the command is decided again against the new state;
+  concurrency): the command is decided again against the new state, or, when the caller named
+  the version it expected, refused to it (ABORTED);
 - psvis_refusals_total{psvis_rule, psvis_article}: commands refused by rule (each also an event);
 - psvis_projection_delay_seconds (histogram){psvis_projection}: from an event's recording to
   the read models holding it, once per page the live runner commits (its newest event);
@@ -30,7 +31,6 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from psvis.clock import Clock
 
 if TYPE_CHECKING:
-    from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
     from psvis.envelope import RecordedEvent
@@ -50,7 +50,8 @@ events_appended = meter.create_counter(
 append_conflicts = meter.create_counter(
     "psvis.append.conflicts",
     unit="{conflict}",
-    description="Appends refused because the stream had moved on; the command is decided again",
+    description="Appends refused because the stream had moved on: the command is decided again,"
+    " or refused to a caller that named the version it expected",
 )
 refusals = meter.create_counter(
     "psvis.refusals",
@@ -120,10 +121,11 @@ class ProjectionLag:
         self._events = events
         _lags.add(self)
 
-    async def look(self) -> int:
+    async def look(self) -> int | None:
+        """The lag now; None until the runner has loaded its position (-2: unknown yet)."""
         size = await self._events.log_size()
         position = self.runner.position
-        self.value = max(size - 1 - position, 0) if position >= -1 else size
+        self.value = max(size - 1 - position, 0) if position >= -1 else None
         return self.value
 
     async def run(self) -> None:
@@ -182,11 +184,25 @@ class MetricsUnavailable(RuntimeError):
     """The metrics endpoint cannot listen where it was told to."""
 
 
-def serve_metrics(listen: str, service: str) -> tuple[MeterProvider, Any]:
-    """Serve every instrument at http://<listen>/metrics for Prometheus; returns the provider
-    (set as the global one) and the HTTP server, whose shutdown() stops it.
+class MetricsEndpoint:
+    """The HTTP server of /metrics, and the address it listens on."""
 
-    The port is bound before the provider is set, so a busy port changes nothing.
+    def __init__(self, server: Any, host: str) -> None:
+        self._server = server
+        port = server.server_port
+        self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def serve_metrics(listen: str, service: str) -> MetricsEndpoint:
+    """Serve every instrument at http://<listen>/metrics for Prometheus, with a meter provider
+    set as the global one; close() the endpoint to stop serving.
+
+    The port is bound before the provider is set, so a busy port changes nothing; a provider
+    set already (by anything else in this process) is an error, as /metrics would lack ours.
     """
     from opentelemetry.exporter.prometheus import PrometheusMetricReader
     from opentelemetry.sdk.metrics import MeterProvider
@@ -194,18 +210,23 @@ def serve_metrics(listen: str, service: str) -> tuple[MeterProvider, Any]:
     from prometheus_client import start_http_server
 
     host, _, port = listen.rpartition(":")
+    host = host.strip("[]")
     if not host or not port.isdigit():
         raise MetricsUnavailable(f"metrics listen address {listen!r} is not host:port")
     try:
-        server, _thread = start_http_server(int(port), addr=host.strip("[]"))
+        server, _thread = start_http_server(int(port), addr=host)
     except OSError as e:
         raise MetricsUnavailable(
             f"cannot serve metrics on {listen}: {e.strerror or e}; choose another address"
             " with --metrics-listen (env PSVIS_METRICS_LISTEN), or none with --metrics-listen ''"
         ) from None
+    endpoint = MetricsEndpoint(server, host)
     provider = MeterProvider(
         resource=Resource.create({"service.name": service}),
         metric_readers=[PrometheusMetricReader()],
     )
     metrics.set_meter_provider(provider)
-    return provider, server
+    if metrics.get_meter_provider() is not provider:
+        endpoint.close()
+        raise MetricsUnavailable("this process has a meter provider already: /metrics not served")
+    return endpoint

@@ -162,13 +162,13 @@ async def start_platform(
             every=settings.notary_every, interval=settings.notary_interval,
         )  # fmt: skip
         bindings = [s.bind(platform) for s in services]
-        server, port, health = create_server(
-            settings.listen,
-            server_credentials(settings.pki_dir),
-            bindings,
-            [aio_server_interceptor()],
-        )
+        credentials = server_credentials(settings.pki_dir)
+        # the read models catch up before the port is bound: a client (or a readiness probe)
+        # that can connect finds the platform serving
         await runner.catch_up()
+        server, port, health = create_server(
+            settings.listen, credentials, bindings, [aio_server_interceptor()]
+        )
         background: list[Callable[[], Awaitable[None]]] = [
             runner.run,
             notary.run,
@@ -219,15 +219,12 @@ async def _supervised(work: Callable[[], Awaitable[None]]) -> None:
 
 async def serve(settings: Settings, ready: Callable[[RunningPlatform], None] | None = None) -> None:
     setup_tracing("psvis")
-    running = await start_platform(settings)
+    # /metrics answers from the start (a liveness probe), also while the read models catch up
+    endpoint = serve_metrics(settings.metrics_listen, "psvis") if settings.metrics_listen else None
     try:
-        endpoint = (
-            serve_metrics(settings.metrics_listen, "psvis") if settings.metrics_listen else None
-        )
-    except BaseException:
-        await running.stop()
-        raise
-    try:
+        if endpoint is not None:
+            settings.metrics_listen = endpoint.address  # the port, if it was 0
+        running = await start_platform(settings)
         if ready is not None:
             ready(running)
         stop = asyncio.Event()
@@ -238,4 +235,4 @@ async def serve(settings: Settings, ready: Callable[[RunningPlatform], None] | N
         await running.stop()
     finally:
         if endpoint is not None:
-            endpoint[1].shutdown()
+            endpoint.close()
