@@ -177,6 +177,19 @@ async def test_drop_all_forgets_models_and_positions(harness: Harness) -> None:
     assert await reads.put("x", "k", {"v": 2}, 1, 0)  # usable afterwards
 
 
+async def test_drop_forgets_only_the_collections_and_the_position_named(harness: Harness) -> None:
+    reads = harness.reads
+    for collection in ("x", "y", "z"):
+        await reads.put(collection, "k", {"v": 1}, 1, 0)
+    await reads.set_position("p", 7)
+    await reads.set_position("q", 4)
+    await reads.drop(["x", "y", "never-written"], "p")
+    assert await reads.get("x", "k") is None and await reads.list("y") == []
+    assert await reads.get("z", "k") == ({"v": 1}, 1)  # another runner's
+    assert (await reads.get_position("p"), await reads.get_position("q")) == (-1, 4)
+    assert await reads.put("x", "k", {"v": 2}, 1, 0)  # usable afterwards
+
+
 async def test_list_json_is_the_canonical_json_of_list(harness: Harness) -> None:
     reads = harness.reads
     for key, doc in DOCS.items():

@@ -88,6 +88,45 @@ async def test_read_models_of_other_folds_are_dropped_to_be_rebuilt(tmp_path: Pa
     assert await reads.get_position("live") == -1
 
 
+async def test_a_fold_that_changes_rebuilds_its_runners_read_models_only(tmp_path: Path) -> None:
+    """Two runners (two services' Deployments) keep read models in one store: a fold of one
+    changes, and only that runner's collections and position are dropped; the other's stay."""
+    log = await build_log(tmp_path, events=20)
+    reads = SqliteReadStore(log.db)
+    mine = [StreamProjection("s-", "notes", count_notes)]
+    theirs = [StreamProjection("s-", "theirs", count_notes)]
+    for name, projections in (("mine", mine), ("theirs", theirs)):
+        assert await read_models_fit(reads, name, projections)
+        await ProjectionRunner(name, log.store, reads, projections).catch_up()
+    kept = await canonical_digest(reads, ["theirs"])
+
+    changed = [StreamProjection("s-", "notes", count_notes, version=2)]
+    assert not await read_models_fit(reads, "mine", changed)
+    assert (await reads.list("notes"), await reads.get_position("mine")) == ([], -1)
+    assert await canonical_digest(reads, ["theirs"]) == kept
+    assert await reads.get_position("theirs") == 19
+    assert await read_models_fit(reads, "theirs", theirs)  # still fits
+    assert await read_models_fit(reads, "mine", changed)  # recorded
+
+    moved = [StreamProjection("s-", "notes2", count_notes, version=2)]  # a collection renamed
+    await ProjectionRunner("mine", log.store, reads, changed).catch_up()
+    assert not await read_models_fit(reads, "mine", moved)
+    assert await reads.list("notes") == [] and await reads.list("notes2") == []  # old and new
+
+
+def test_each_set_of_services_has_a_read_model_runner_of_its_own() -> None:
+    from psvis.server import read_models_runner
+    from psvis.settings import Settings
+
+    assert read_models_runner(Settings(namespace="city")) == "city.read-models"
+    assert read_models_runner(Settings(namespace="city", services=["registry"])) == (
+        "city.read-models.registry"
+    )
+    assert read_models_runner(
+        Settings(namespace="c", services=["sharing", "access", "access"])
+    ) == ("c.read-models.access+sharing")
+
+
 async def test_duplicate_delivery_is_applied_once(tmp_path: Path) -> None:
     log = await build_log(tmp_path, events=12)
     reads = SqliteReadStore(log.db)

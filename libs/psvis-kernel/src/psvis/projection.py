@@ -67,8 +67,10 @@ async def read_models_fit(
 ) -> bool:
     """Whether runner `name`'s read models were written by these folds. If not, they are
     dropped (their position with them), to be rebuilt from the log; either way the folds are
-    recorded. Read models written before folds were recorded are taken to be of other folds,
-    unless they hold nothing yet.
+    recorded. Only the collections of the runner's folds, the ones recorded and these, are
+    dropped: other runners' read models in the store (other services') stay. Read models
+    written before folds were recorded are taken to be of other folds, unless they hold nothing
+    yet; whose they are is unknown, so all are dropped.
     """
     wanted = {"folds": sorted(p.signature for p in projections)}
     found = await reads.get(FOLDS, name)
@@ -83,9 +85,20 @@ async def read_models_fit(
             was,
             ", ".join(wanted["folds"]),
         )
-        await reads.drop_all()
-    await reads.put(FOLDS, name, wanted, 1, 0)  # absent: never written, or dropped
+    if found is None:
+        if not fits:
+            await reads.drop_all()
+        await reads.put(FOLDS, name, wanted, 1, 0)
+    else:
+        recorded = {_collection_of(f) for f in found[0].get("folds", [])}
+        await reads.drop(sorted(recorded | {p.collection for p in projections}), name)
+        await reads.put(FOLDS, name, wanted, found[1] + 1, found[1])
     return fits
+
+
+def _collection_of(signature: str) -> str:
+    """The collection a recorded fold signature (StreamProjection.signature) writes."""
+    return signature.partition(" -> ")[2].rpartition(" v")[0]
 
 
 class ProjectionRunner:

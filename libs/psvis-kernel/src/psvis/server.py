@@ -89,6 +89,14 @@ def _leader_lock(settings: Settings) -> TextIO:
     return handle
 
 
+def read_models_runner(settings: Settings) -> str:
+    """The name of the runner that keeps this process's read models: one per set of services
+    (`--services`), so that a Deployment per service keeps its own position and folds, and a
+    fold that changes in one service rebuilds that service's read models only."""
+    name = f"{settings.namespace}.read-models"
+    return f"{name}.{'+'.join(sorted(set(settings.services)))}" if settings.services else name
+
+
 def chosen(found: list[ServiceModule], names: list[str]) -> list[ServiceModule]:
     """The services named (all of them if none is); a name no service has is an error."""
     unknown = sorted(set(names) - {s.name for s in found})
@@ -139,7 +147,7 @@ async def start_platform(
         raise
     feed: EventsFeed | None = None
     tasks: list[asyncio.Task[None]] = []
-    read_models = f"{settings.namespace}.read-models"
+    read_models = read_models_runner(settings)
     try:
         projections = [p for s in services for p in s.projections]
         if settings.backend == "embedded":

@@ -164,5 +164,10 @@ class MongoReadStore:
                 await self._db.drop_collection(name)
         await self._positions.delete_many({})
 
+    async def drop(self, collections: Sequence[str], projection: str) -> None:
+        for collection in collections:
+            await self._db.drop_collection(self._prefix + collection)
+        await self._positions.delete_one({"_id": projection})
+
     async def close(self) -> None:
         """The client is owned by whoever opened it."""

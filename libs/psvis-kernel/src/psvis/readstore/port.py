@@ -58,6 +58,11 @@ class ReadStore(Protocol):
 
     async def drop_all(self) -> None: ...
 
+    async def drop(self, collections: Sequence[str], projection: str) -> None:
+        """Forget these collections' documents and this projection runner's position, and
+        nothing else (another runner's read models in the same store stay as they are)."""
+        ...
+
     async def close(self) -> None: ...
 
 

@@ -129,5 +129,14 @@ class SqliteReadStore:
 
         await self._db.run(work)
 
+    async def drop(self, collections: Sequence[str], projection: str) -> None:
+        def work(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "DELETE FROM read_models WHERE collection = ?", [(c,) for c in collections]
+            )
+            conn.execute("DELETE FROM projection_positions WHERE projection = ?", (projection,))
+
+        await self._db.run(lambda conn: in_transaction(conn, work))
+
     async def close(self) -> None:
         """The database is owned by whoever opened it."""
