@@ -167,3 +167,29 @@ async def test_read_models_of_an_older_fold_are_rebuilt_at_start(
         assert await unit.GetSystem(reg.GetSystemRequest(system_id=sid)) == view
     assert not await marked()
     assert "registry.systems v1" in caplog.text and "rebuilding them from the log" in caplog.text
+
+
+@pytest.mark.parametrize("backend", ["embedded"])
+async def test_a_start_that_fails_at_the_last_step_leaves_nothing_open(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server was listening when the start failed: it stops, its background work ends, the
+    data folder is let go; the next start works."""
+    import psvis.server as server_module
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings.listen = f"127.0.0.1:{port}"
+
+    async def broken(*args: object) -> None:
+        raise RuntimeError("the health service broke")
+
+    monkeypatch.setattr(server_module, "mark_serving", broken)
+    with pytest.raises(RuntimeError, match="the health service broke"):
+        await start_platform(settings)
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    monkeypatch.undo()
+    async with running(settings) as unit:
+        await register(unit)

@@ -297,6 +297,13 @@ async def test_notaries_side_by_side_keep_one_chain_of_checkpoints(harness: Harn
         ), start  # fmt: skip
     assert await harness.checkpoints.add(records[-1])
     assert await harness.checkpoints.all(store.log_id) == records
+    # nor is a checkpoint that signs no events taken: none could extend its tree size after it
+    tip = records[-1]
+    with pytest.raises(ValueError, match="adds no events"):
+        await harness.checkpoints.add(
+            CheckpointRecord(tip.log_id, tip.tree_size, tip.signed, b"", tip.frontier)
+        )
+    assert await harness.checkpoints.all(store.log_id) == records
 
 
 async def test_notaries_following_the_log_side_by_side_keep_one_chain(harness: Harness) -> None:
@@ -347,12 +354,13 @@ async def test_a_notary_that_follows_the_log_and_catches_up_at_once_signs_each_e
         for _ in range(4):
             await append_many(store, streams=3, rounds=2)
             await harness.publish()
-            assert await notary.catch_up() == await store.log_size()
+            assert await asyncio.wait_for(notary.catch_up(), 30) == await store.log_size()
             await asyncio.sleep(0.05)
     finally:
         following.cancel()
         await asyncio.gather(following, return_exceptions=True)
     records = await harness.checkpoints.all(store.log_id)
+    assert all(r.tree_size > r.previous_size for r in records)  # each signs events
     assert [r.previous_size for r in records] == [0, *(r.tree_size for r in records[:-1])]
     assert records[-1].tree_size == await store.log_size()
     report = await verify_store(store, harness.checkpoints, [signer.public])

@@ -70,6 +70,8 @@ class SqliteCheckpointStore:
             db.run_sync(lambda c: c.executescript(SCHEMA))
 
     async def add(self, record: CheckpointRecord) -> bool:
+        require_events(record)
+
         def work(c: sqlite3.Connection) -> bool:
             (tip,) = c.execute(
                 "SELECT COALESCE(MAX(tree_size), 0) FROM checkpoints WHERE log_id = ?",
@@ -128,6 +130,13 @@ class SqliteCheckpointStore:
             ]
         except (TypeError, ValueError) as e:
             raise LogUnreadable(f"a stored checkpoint is not one: {e}") from e
+
+
+def require_events(record: CheckpointRecord) -> None:
+    """A checkpoint signs at least one event: an empty one would take its tree size's place,
+    and no checkpoint could extend that size after it."""
+    if not record.leaves or len(record.leaves) % 32:
+        raise ValueError(f"a checkpoint of {record.log_id} at {record.tree_size} adds no events")
 
 
 def _blob(value: object) -> bytes:

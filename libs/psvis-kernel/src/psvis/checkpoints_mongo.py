@@ -17,7 +17,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from psvis.checkpoints import CheckpointRecord
+from psvis.checkpoints import CheckpointRecord, require_events
 
 Doc = dict[str, Any]
 
@@ -45,6 +45,7 @@ class MongoCheckpointStore:
         or a second one extending the same size, is refused (False), unless it is this very
         checkpoint again (True, as its first add was). The `_id` settles a race between two
         that both found the same latest one."""
+        require_events(record)
         previous = record.previous_size
         latest = await self.latest(record.log_id)
         if (0 if latest is None else latest.tree_size) != previous:

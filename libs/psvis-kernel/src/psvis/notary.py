@@ -71,9 +71,11 @@ class Notary:
         return self._tree.size
 
     async def _load(self) -> None:
+        """The tree as the latest checkpoint left it, once (again after a refusal)."""
         if self._loaded:
             return
         latest = await self._checkpoints.latest(self._store.log_id)
+        self._tree, self._pending = MerkleTree(), []
         if latest is not None:
             self._tree = decode_frontier(latest.frontier)
             if self._tree.root() != latest.checkpoint().root_hash:
@@ -102,14 +104,14 @@ class Notary:
             try:
                 async with self._lock:
                     await self._load()
-                await self._follow()
+                    start = self._tree.size
+                await self._follow(start)
             except _Overtaken:
                 await self._pause()
             finally:
-                if self._pending:
-                    async with self._lock:
-                        with contextlib.suppress(_Overtaken):
-                            await self._checkpoint()
+                async with self._lock:
+                    with contextlib.suppress(_Overtaken):
+                        await self._checkpoint()  # what is pending, if anything
 
     async def _pause(self) -> None:
         """After a refused checkpoint: a moment, longer each time in a row (the store may keep
@@ -118,11 +120,12 @@ class Notary:
             log.warning("%s: %d checkpoints refused in a row", self._store.log_id, self._refused)
         await asyncio.sleep(min(0.005 * 2**self._refused, 2.0))
 
-    async def _follow(self) -> None:
+    async def _follow(self, start: int) -> None:
+        """Sign the log's events from position `start` on as they come."""
         queue: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue()
 
         async def feed() -> None:
-            async for event in read_log(self._store, after=self._tree.size - 1, follow=True):
+            async for event in read_log(self._store, after=start - 1, follow=True):
                 await queue.put((event.position, event.hash))
 
         feeder = asyncio.create_task(feed())
@@ -135,9 +138,11 @@ class Notary:
                     position, leaf = await asyncio.wait_for(queue.get(), timeout=timeout)
                 except TimeoutError:
                     async with self._lock:
-                        await self._checkpoint()
+                        await self._checkpoint()  # unless catch_up() signed it meanwhile
                     continue
                 async with self._lock:
+                    if not self._loaded:
+                        raise _Overtaken  # catch_up() was refused: the tree is to be reloaded
                     if position < self._tree.size:
                         continue  # catch_up() signed it meanwhile
                     if position > self._tree.size:
@@ -155,6 +160,9 @@ class Notary:
         self._pending.append(leaf)
 
     async def _checkpoint(self) -> None:
+        """Sign what is pending, if anything (a checkpoint always adds events)."""
+        if not self._pending or not self._loaded:
+            return
         signed = sign_checkpoint(self._signer, self._store.log_id, self._tree, self._clock)
         record = CheckpointRecord(
             log_id=self._store.log_id,

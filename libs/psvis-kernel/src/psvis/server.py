@@ -146,6 +146,7 @@ async def start_platform(
             lock.close()
         raise
     feed: EventsFeed | None = None
+    server: grpc.aio.Server | None = None
     tasks: list[asyncio.Task[None]] = []
     read_models = read_models_runner(settings)
     try:
@@ -190,7 +191,10 @@ async def start_platform(
         # a platform that does not start leaves nothing running or locked behind
         for task in tasks:
             task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         try:
+            if server is not None:
+                await server.stop(0)
             if feed is not None:
                 await feed.stop()
         finally:
@@ -226,21 +230,36 @@ async def _supervised(work: Callable[[], Awaitable[None]]) -> None:
 
 
 async def serve(settings: Settings, ready: Callable[[RunningPlatform], None] | None = None) -> None:
+    """Serve until SIGINT or SIGTERM; one that comes while the platform is still starting (its
+    read models catching up) gives the start up, leaving nothing open or locked."""
     setup_tracing("psvis")
     # /metrics answers from the start (a liveness probe), also while the read models catch up
     endpoint = serve_metrics(settings.metrics_listen, "psvis") if settings.metrics_listen else None
     try:
         if endpoint is not None:
             settings.metrics_listen = endpoint.address  # the port, if it was 0
-        running = await start_platform(settings)
-        if ready is not None:
-            ready(running)
         stop = asyncio.Event()
+        starting = asyncio.ensure_future(start_platform(settings))
+
+        def on_signal() -> None:
+            stop.set()
+            starting.cancel()  # nothing, once started
+
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        await running.stop()
+            loop.add_signal_handler(sig, on_signal)
+        try:
+            running = await starting
+        except asyncio.CancelledError:
+            if stop.is_set():
+                return  # stopped while starting
+            raise
+        try:
+            if ready is not None:
+                ready(running)
+            await stop.wait()
+        finally:
+            await running.stop()
     finally:
         if endpoint is not None:
             endpoint.close()
