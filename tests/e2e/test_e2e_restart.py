@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import shutil
+import signal
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -188,6 +191,36 @@ async def test_a_start_that_fails_at_the_last_step_leaves_nothing_open(
     monkeypatch.setattr(server_module, "mark_serving", broken)
     with pytest.raises(RuntimeError, match="the health service broke"):
         await start_platform(settings)
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    monkeypatch.undo()
+    async with running(settings) as unit:
+        await register(unit)
+
+
+@pytest.mark.parametrize("backend", ["embedded"])
+async def test_a_signal_while_psvis_serve_starts_gives_the_start_up_cleanly(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM (Kubernetes stopping a pod) while the platform is still starting: serve returns
+    at once, and the start it gave up leaves the port closed and the data folder free."""
+    import psvis.server as server_module
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings.listen, settings.metrics_listen = f"127.0.0.1:{port}", ""
+    starting = asyncio.Event()
+
+    async def slow(*args: object) -> None:
+        starting.set()
+        await asyncio.sleep(60)  # the last step of a start that takes long
+
+    monkeypatch.setattr(server_module, "mark_serving", slow)
+    serving = asyncio.create_task(server_module.serve(settings))
+    await asyncio.wait_for(starting.wait(), 30)
+    os.kill(os.getpid(), signal.SIGTERM)
+    await asyncio.wait_for(serving, 10)
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
     monkeypatch.undo()
