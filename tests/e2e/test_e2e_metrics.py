@@ -21,16 +21,7 @@ def settings(settings: Settings) -> Settings:
     return settings
 
 
-def value(name: str, **attributes: Any) -> Any:
-    """The instrument's value for these attributes: a number, or (count, sum) of a histogram."""
-    data = metrics.in_memory_reader().get_metrics_data()
-    for resource in data.resource_metrics if data else []:
-        for scope in resource.scope_metrics:
-            for metric in scope.metrics:
-                for p in metric.data.data_points if metric.name == name else []:
-                    if dict(p.attributes or {}) == attributes:
-                        return (p.count, p.sum) if hasattr(p, "count") else p.value
-    return None
+value = metrics.measured
 
 
 async def test_appends_refusals_delay_and_lag_are_measured(

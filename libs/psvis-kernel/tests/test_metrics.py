@@ -29,23 +29,10 @@ from psvis.sqlite_db import SqliteDatabase
 from test_replay import count_notes
 
 
-def points(name: str) -> dict[frozenset[tuple[str, Any]], Any]:
-    """Each data point of instrument `name`: its value (sum, gauge) or (count, sum) (histogram)."""
-    found: dict[frozenset[tuple[str, Any]], Any] = {}
-    data = metrics.in_memory_reader().get_metrics_data()
-    for resource in data.resource_metrics if data else []:
-        for scope in resource.scope_metrics:
-            for metric in scope.metrics:
-                if metric.name != name:
-                    continue
-                for p in metric.data.data_points:
-                    key = frozenset((p.attributes or {}).items())
-                    found[key] = (p.count, p.sum) if hasattr(p, "count") else p.value
-    return found
-
-
 def value(name: str, **attributes: Any) -> Any:
-    return points(name).get(frozenset(attributes.items()), 0)
+    """The instrument's value for these attributes; 0 if nothing was recorded yet."""
+    found = metrics.measured(name, **attributes)
+    return 0 if found is None else found
 
 
 NOTES = Aggregate[list[Message]](

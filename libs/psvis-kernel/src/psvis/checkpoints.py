@@ -78,8 +78,8 @@ class SqliteCheckpointStore:
                 (record.log_id,),
             ).fetchone()
             if tip == record.previous_size:
-                c.execute(
-                    "INSERT OR IGNORE INTO checkpoints VALUES (?, ?, ?, ?, ?)",
+                c.execute(  # the tip is the largest tree size: this one is not taken
+                    "INSERT INTO checkpoints VALUES (?, ?, ?, ?, ?)",
                     (
                         record.log_id,
                         record.tree_size,

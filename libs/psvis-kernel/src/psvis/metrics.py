@@ -180,6 +180,23 @@ def in_memory_reader() -> InMemoryMetricReader:
     return _in_memory
 
 
+def measured(name: str, **attributes: Any) -> Any:
+    """What in_memory_reader() reads of instrument `name` for exactly these attributes: a
+    number (counter, gauge), (count, sum) of a histogram, or None if nothing was recorded."""
+    from opentelemetry.sdk.metrics.export import NumberDataPoint
+
+    data = in_memory_reader().get_metrics_data()
+    for resource in data.resource_metrics if data else []:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                for p in metric.data.data_points if metric.name == name else []:
+                    if dict(p.attributes or {}) == attributes:
+                        if isinstance(p, NumberDataPoint):
+                            return p.value
+                        return (p.count, p.sum)
+    return None
+
+
 class MetricsUnavailable(RuntimeError):
     """The metrics endpoint cannot listen where it was told to."""
 
